@@ -85,7 +85,7 @@ Pair = tuple[str, str]
 # Download and unpack
 # --------------------------------------------------------------------------- #
 def find_deb(directory: Path, package: str) -> Path | None:
-    """Return the newest ``<package>_*.deb`` in ``directory`` (any version)."""
+    """Return ``<package>_*.deb`` in ``directory`` (any version; last by name if several)."""
     matches = sorted(directory.glob(f"{package}_*.deb"))
     return matches[-1] if matches else None
 
@@ -93,11 +93,9 @@ def find_deb(directory: Path, package: str) -> Path | None:
 def download_debs(directory: Path) -> None:
     """Download the two help packages with ``apt-get download`` into ``directory``."""
     cmd = ["apt-get", "download", *PACKAGES.values()]
-    if subprocess.run(cmd, cwd=directory).returncode == 0:
+    if subprocess.run(cmd, cwd=directory, check=False).returncode == 0:
         return
-    print(
-        "apt-get download failed; running apt-get update and retrying", file=sys.stderr
-    )
+    print("apt-get download failed; running apt-get update and retrying", file=sys.stderr)
     subprocess.run(["apt-get", "update"], check=True)
     subprocess.run(cmd, cwd=directory, check=True)
 
@@ -113,9 +111,7 @@ def deb_version(deb: Path) -> str:
     return out.stdout.strip()
 
 
-def fetch_and_unpack(
-    deb_dir: Path | None, work_dir: Path
-) -> tuple[Path, dict[str, str]]:
+def fetch_and_unpack(deb_dir: Path | None, work_dir: Path) -> tuple[Path, dict[str, str]]:
     """Locate (or download) both packages, unpack them and return the tree root and versions."""
     source = deb_dir if deb_dir is not None else work_dir / "debs"
     source.mkdir(parents=True, exist_ok=True)
@@ -187,9 +183,7 @@ class SegmentParser(HTMLParser):
             return
         attr = {k: v or "" for k, v in attrs}
         elem_id = attr.get("id", "")
-        item = _Open(
-            tag, skip=bool(SKIP_CLASSES.intersection(attr.get("class", "").split()))
-        )
+        item = _Open(tag, skip=bool(SKIP_CLASSES.intersection(attr.get("class", "").split())))
         active = self._seg_id is not None and self._skip_depth == 0 and not item.skip
         if item.skip:
             self._skip_depth += 1
@@ -307,9 +301,7 @@ def keep_pair(de: str, en: str, max_words: int, max_ratio: float) -> bool:
 
 def page_order(pages: list[str], seed: int) -> list[str]:
     """Order pages deterministically by a seeded SHA-256 of their path."""
-    return sorted(
-        pages, key=lambda p: hashlib.sha256(f"{seed}:{p}".encode()).hexdigest()
-    )
+    return sorted(pages, key=lambda p: hashlib.sha256(f"{seed}:{p}".encode()).hexdigest())
 
 
 def split_pages(
@@ -356,9 +348,7 @@ def write_jsonl_gz(path: Path, rows: list[Pair]) -> None:
     """Write rows as gzip-compressed JSON lines with reproducible bytes."""
     with (
         path.open("wb") as raw,
-        gzip.GzipFile(
-            filename="", mode="wb", fileobj=raw, compresslevel=9, mtime=0
-        ) as gz,
+        gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=9, mtime=0) as gz,
     ):
         for de, en in rows:
             line = json.dumps({"translation": {"de": de, "en": en}}, ensure_ascii=False)
@@ -368,9 +358,7 @@ def write_jsonl_gz(path: Path, rows: list[Pair]) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse command line arguments."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--output_dir", type=Path, default=Path("examples/translation/data")
-    )
+    parser.add_argument("--output_dir", type=Path, default=Path("examples/translation/data"))
     parser.add_argument(
         "--deb_dir",
         type=Path,
@@ -379,9 +367,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the page hash")
     parser.add_argument("--test_size", type=int, default=1000, help="target test pairs")
-    parser.add_argument(
-        "--validation_size", type=int, default=1000, help="target validation pairs"
-    )
+    parser.add_argument("--validation_size", type=int, default=1000, help="target validation pairs")
     parser.add_argument("--max_words", type=int, default=100, help="max words per side")
     parser.add_argument(
         "--max_ratio",
@@ -403,9 +389,7 @@ def main(argv: list[str] | None = None) -> None:
 
     pages = {
         page: [
-            p
-            for p in pairs
-            if keep_pair(*p, max_words=args.max_words, max_ratio=args.max_ratio)
+            p for p in pairs if keep_pair(*p, max_words=args.max_words, max_ratio=args.max_ratio)
         ]
         for page, pairs in raw_pages.items()
     }
