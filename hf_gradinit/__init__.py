@@ -29,3 +29,24 @@ __all__ = [
     "make_dataloader",
     "split_batch",
 ]
+from .hub import (  # noqa: E402
+    load_gradinit_result,
+    make_model_card,
+    save_gradinit_result,
+    save_initialized_checkpoint,
+)
+from .trainer import (  # noqa: E402
+    GradInitArguments,
+    GradInitTrainer,
+    GradInitTrainingArguments,
+)
+
+__all__ += [
+    "GradInitArguments",
+    "GradInitTrainer",
+    "GradInitTrainingArguments",
+    "load_gradinit_result",
+    "make_model_card",
+    "save_gradinit_result",
+    "save_initialized_checkpoint",
+]

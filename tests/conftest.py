@@ -152,3 +152,74 @@ def assert_same_weights(model: torch.nn.Module, saved: dict[str, torch.Tensor]) 
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+# --------------------------------------------------------------------------------------
+# Tokenizers, text data and model folders (tests/test_trainer.py, tests/test_hub.py)
+# --------------------------------------------------------------------------------------
+
+_DE = "ich du er wir sie haus baum hund katze buch sieht liest hat mag kauft rot gross klein alt neu".split()  # noqa: SIM905
+_EN = "i you he we they house tree dog cat book sees reads has likes buys red big small old new".split()  # noqa: SIM905
+
+
+def toy_translation_records(n: int = 24, seed: int = 0) -> list[dict]:
+    """{"translation": {"de": ..., "en": ...}} pairs, word-for-word: a learnable toy task."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        idx = torch.randint(
+            0, len(_DE), (int(torch.randint(3, 7, (1,), generator=g)),), generator=g
+        )
+        out.append(
+            {
+                "translation": {
+                    "de": " ".join(_DE[i] for i in idx.tolist()),
+                    "en": " ".join(_EN[i] for i in idx.tolist()),
+                }
+            }
+        )
+    return out
+
+
+def tiny_tokenizer():
+    """A WordLevel tokenizer trained in memory on the toy vocabulary (ids: <pad> 0, </s> 1,
+    <s> 2, <unk> 3, as the tiny models expect); appends </s> like Marian/BART tokenizers."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.WordLevelTrainer(
+        vocab_size=VOCAB, special_tokens=["<pad>", "</s>", "<s>", "<unk>"]
+    )
+    tok.train_from_iterator([" ".join(_DE), " ".join(_EN)], trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", EOS)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        eos_token="</s>",
+        bos_token="<s>",
+        unk_token="<unk>",
+    )
+
+
+def write_jsonl(path, records) -> str:
+    import json
+
+    with open(path, "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+    return str(path)
+
+
+def model_folder(path, model, tokenizer=None, weights: bool = True) -> str:
+    """A local model folder: config (+ weights) (+ tokenizer), as `hf-gradinit init` reads."""
+    if weights:
+        model.save_pretrained(path)
+    else:
+        model.config.save_pretrained(path)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(path)
+    return str(path)

@@ -1,0 +1,460 @@
+"""Initialized checkpoints: the learned scales and settings travel with the model.
+
+A checkpoint made with GradInit carries, next to the usual model files:
+
+* ``gradinit_scales.json``: the whole :class:`~hf_gradinit.GradInitResult` (scales, settings,
+  per-iteration history), reloadable with :func:`load_gradinit_result`;
+* ``config.gradinit`` in ``config.json``: a small summary (settings and outcome), so a model
+  loaded with ``from_pretrained`` still says how it was initialized (and ``GradInitTrainer``
+  knows not to scale it a second time);
+* ``README.md``: a model card with Hub metadata, the settings, the scales by layer as a
+  table, and ``gradinit_scales.png`` (a plot; skipped with a note when matplotlib is missing).
+
+:func:`save_initialized_checkpoint` writes (and optionally pushes) a checkpoint that has only
+been initialized, not trained; ``GradInitTrainer`` writes the same files when it saves.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import ModelCard, ModelCardData
+
+from .gradinit import GradInitResult
+
+logger = logging.getLogger(__name__)
+
+SCALES_FILE = "gradinit_scales.json"
+PLOT_FILE = "gradinit_scales.png"
+CARD_FILE = "README.md"
+CONFIG_KEY = "gradinit"  # model.config.gradinit
+TAG = "gradinit"
+
+PAPER = "https://arxiv.org/abs/2102.08098"
+CITATION = """@inproceedings{zhu2021gradinit,
+  title     = {GradInit: Learning to Initialize Neural Networks for Stable and Efficient Training},
+  author    = {Zhu, Chen and Ni, Renkun and Xu, Zheng and Kong, Kezhi and Huang, W. Ronny and Goldstein, Tom},
+  booktitle = {Advances in Neural Information Processing Systems},
+  year      = {2021}
+}"""
+
+
+# --------------------------------------------------------------------------------------
+# Scales file and config entry
+# --------------------------------------------------------------------------------------
+
+
+def save_gradinit_result(result: GradInitResult, folder: str | os.PathLike) -> Path:
+    """Write ``gradinit_scales.json`` (``result.to_dict()``) into ``folder``; returns its path."""
+    path = Path(folder) / SCALES_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")  # never leave a half-written file behind
+    tmp.write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def load_gradinit_result(path: str | os.PathLike) -> GradInitResult:
+    """Read a :class:`GradInitResult` from ``gradinit_scales.json`` or a folder holding it."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / SCALES_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"No GradInit record at {path} (expected a {SCALES_FILE}).")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return GradInitResult.from_dict(data)
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{path} is not a valid {SCALES_FILE}: {err}") from err
+
+
+def gradinit_config_entry(result: GradInitResult) -> dict[str, Any]:
+    """The summary stored as ``model.config.gradinit``: settings and outcome, no scales.
+
+    The scales themselves live in ``gradinit_scales.json``; the config only has to say that
+    (and how) the weights were initialized, and stay small.
+    """
+    from . import __version__
+
+    return {
+        "hf_gradinit_version": __version__,
+        "scales_file": SCALES_FILE,
+        "settings": result.config.to_dict(),
+        "summary": result.summary(),
+    }
+
+
+def record_in_config(model: Any, result: GradInitResult) -> None:
+    """Set ``model.config.gradinit`` (round-trips through ``save_pretrained``/``from_pretrained``)."""
+    config = getattr(model, "config", None)
+    if config is not None:
+        setattr(config, CONFIG_KEY, gradinit_config_entry(result))
+
+
+def is_initialized(model: Any) -> bool:
+    """Whether ``model`` says (in ``config.gradinit``) that its weights came from GradInit."""
+    return bool(getattr(getattr(model, "config", None), CONFIG_KEY, None))
+
+
+# --------------------------------------------------------------------------------------
+# Tables and plot
+# --------------------------------------------------------------------------------------
+
+_LAYER = re.compile(r"^(.*?\.\d+)\.(.+)$")
+
+
+def _split_layer(name: str) -> tuple[str, str]:
+    """('model.encoder.layers.3', 'fc1.weight') for a tensor inside a numbered layer."""
+    match = _LAYER.match(name)
+    return (match.group(1), match.group(2)) if match else ("-", name)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        if math.isnan(value) or math.isinf(value):
+            return str(value)
+        return f"{value:.4g}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_fmt(v) for v in value)
+    return "-" if value is None else str(value)
+
+
+def _cell(text: Any) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub/Hub markdown table (cells escaped)."""
+    lines = ["| " + " | ".join(_cell(h) for h in header) + " |"]
+    lines.append("|" + "|".join(" --- " for _ in header) + "|")
+    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def scales_table(result: GradInitResult) -> str:
+    """The learned scales by layer, in model order: layer, tensor, kind, scale, tied names."""
+    rows = []
+    for name, scale in result.scales.items():
+        layer, rest = _split_layer(name)
+        tied = ", ".join(result.aliases.get(name, []))
+        rows.append([layer, rest, result.kinds.get(name, "?"), f"{scale:.4g}", tied or ""])
+    return markdown_table(["Layer", "Tensor", "Kind", "Scale", "Also (tied)"], rows)
+
+
+def settings_table(result: GradInitResult) -> str:
+    return markdown_table(
+        ["Setting", "Value"], [[k, _fmt(v)] for k, v in result.config.to_dict().items()]
+    )
+
+
+def render_scales_plot(result: GradInitResult) -> bytes | None:
+    """A PNG of the scales (bars, log axis) and of the GradInit losses per iteration.
+
+    Returns None when matplotlib is not installed (it is optional: ``pip install
+    hf-gradinit[plots]``). Uses matplotlib's object API, so no pyplot backend is touched.
+    """
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        return None
+    import io
+
+    names = list(result.scales)
+    values = [result.scales[n] for n in names]
+    colors = {"weight": "tab:blue", "gain": "tab:orange", "bias": "tab:green"}
+    fig = Figure(figsize=(max(8.0, min(0.12 * len(names), 24.0)), 7.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax_scales, ax_loss = fig.subplots(2, 1, height_ratios=[3, 2])
+    ax_scales.bar(
+        range(len(values)),
+        values,
+        color=[colors.get(result.kinds.get(n, ""), "tab:gray") for n in names],
+    )
+    ax_scales.axhline(1.0, color="black", linewidth=0.8)
+    if values and min(values) > 0:
+        ax_scales.set_yscale("log")
+    ax_scales.set_ylabel("learned scale")
+    ax_scales.set_title("GradInit scales by tensor (blue: weights, orange: gains, green: biases)")
+    if len(names) <= 80:
+        ax_scales.set_xticks(range(len(names)))
+        ax_scales.set_xticklabels(
+            [n.removeprefix("model.") for n in names], rotation=90, fontsize=5
+        )
+    else:
+        ax_scales.set_xlabel("tensor (model order)")
+    its = [h["iteration"] + 1 for h in result.history]
+    ax_loss.plot(its, [h["loss"] for h in result.history], label="loss on S", linewidth=1)
+    after = [(h["iteration"] + 1, h["loss_after_step"]) for h in result.history]
+    after = [(i, v) for i, v in after if v is not None]
+    if after:
+        ax_loss.plot(*zip(*after), label="loss on S~ after the simulated step", linewidth=1)
+    ax_loss.set_xlabel("GradInit iteration")
+    ax_loss.set_ylabel("loss")
+    ax_loss.legend(loc="upper right", fontsize=8)
+    ax_norm = ax_loss.twinx()
+    ax_norm.plot(its, [h["grad_norm"] for h in result.history], color="tab:red", linewidth=0.8)
+    ax_norm.set_ylabel(f"gradient {result.config.norm_type} norm", color="tab:red")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    return buffer.getvalue()
+
+
+def write_gradinit_files(
+    folder: str | os.PathLike, result: GradInitResult, *, plot: bool | bytes = True
+) -> bool:
+    """Write ``gradinit_scales.json`` and the plot (``gradinit_scales.png``) into ``folder``.
+
+    ``plot``: True renders it, bytes are an already rendered PNG (the trainer renders once and
+    writes it into every checkpoint), False skips it. Returns whether a plot was written
+    (False also when matplotlib is missing).
+    """
+    save_gradinit_result(result, folder)
+    png = render_scales_plot(result) if plot is True else (plot or None)
+    if png is None:
+        return False
+    (Path(folder) / PLOT_FILE).write_bytes(png)
+    return True
+
+
+# --------------------------------------------------------------------------------------
+# Model card
+# --------------------------------------------------------------------------------------
+
+
+def _as_list(value: str | Sequence[str] | None) -> list[str]:
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else [v for v in value if v]
+
+
+def make_model_card(
+    result: GradInitResult,
+    *,
+    model_name: str,
+    model_class: str | None = None,
+    repo_id: str | None = None,
+    trained: bool = False,
+    language: str | Sequence[str] | None = None,
+    license: str | None = None,
+    datasets: str | Sequence[str] | None = None,
+    tags: str | Sequence[str] | None = None,
+    base_model: str | None = None,
+    pipeline_tag: str | None = None,
+    training_hyperparameters: Mapping[str, Any] | None = None,
+    training_results: Sequence[Mapping[str, Any]] | None = None,
+    eval_results: Mapping[str, Any] | None = None,
+    plot_file: str | None = PLOT_FILE,
+    plot_note: str = "matplotlib is not installed (`pip install hf-gradinit[plots]`)",
+) -> ModelCard:
+    """A model card for a GradInit-initialized (and possibly trained) model.
+
+    Written by this project rather than Trainer's template, which for a model built from a
+    config says "fine-tuned version of []()". With ``plot_file`` None the card gives
+    ``plot_note`` (why there is no plot) instead of linking a missing image.
+    """
+    card_tags = [TAG]
+    for t in _as_list(tags):
+        if t not in card_tags:
+            card_tags.append(t)
+    data = ModelCardData(
+        library_name="transformers",
+        tags=card_tags,
+        language=_as_list(language) or None,
+        license=license,
+        datasets=_as_list(datasets) or None,
+        base_model=base_model or None,
+        pipeline_tag=pipeline_tag,
+    )
+    summary = result.summary()
+    cls = model_class or "AutoModel"
+    source = repo_id or model_name
+    if trained:
+        intro = (
+            f"This model was trained with `hf_gradinit.GradInitTrainer` from an initialization "
+            f"learned by [GradInit]({PAPER}) (Zhu et al., NeurIPS 2021)"
+        )
+        intro += f", starting from `{base_model}`." if base_model else ", from scratch."
+    else:
+        intro = (
+            f"This checkpoint is **not trained**: it is the random initialization of a `{cls}` "
+            f"rescaled by [GradInit]({PAPER}) (Zhu et al., NeurIPS 2021), to be used as the "
+            "starting point of training. GradInit learns one positive scale per parameter "
+            "tensor so that one step of the training optimizer lowers the loss as much as "
+            "possible while the gradient norm stays bounded."
+        )
+    datasets_list = _as_list(datasets)
+    if datasets_list:
+        intro += " Data: " + ", ".join(f"`{d}`" for d in datasets_list) + "."
+
+    parts = [f"# {model_name}\n", intro + "\n"]
+    parts.append("## How to use\n")
+    parts.append(
+        "```python\n"
+        f"from transformers import {cls}\n\n"
+        f'model = {cls}.from_pretrained("{source}")\n'
+        "print(model.config.gradinit['summary'])  # how the weights were initialized\n"
+        "```\n"
+    )
+    parts.append(
+        "The scales are already multiplied into the weights; `gradinit_scales.json` keeps them "
+        "(with the settings and the per-iteration history) and "
+        "`hf_gradinit.load_gradinit_result` reads it back. `GradInitTrainer` sees "
+        "`config.gradinit` and does not rescale such a model.\n"
+    )
+    parts.append("## GradInit\n")
+    outcome = [
+        f"- scaled tensors: {summary['num_scales']}, scales from {_fmt(summary['scale_min'])} "
+        f"to {_fmt(summary['scale_max'])}",
+        f"- iterations: {summary['iterations']} ({summary['constraint_iterations']} spent "
+        f"lowering the gradient norm, {summary['skipped_iterations']} skipped)",
+        f"- gradient {result.config.norm_type} norm: {_fmt(summary['initial_grad_norm'])} at the "
+        f"original init, {_fmt(summary['final_grad_norm'])} at the last iteration"
+        + (f" (bound {_fmt(summary['gamma_value'])})" if summary["gamma_value"] else ""),
+        f"- loss after the simulated optimizer step: {_fmt(summary['first_loss_after_step'])} "
+        f"(first iteration) -> {_fmt(summary['last_loss_after_step'])} (last)",
+        f"- runtime: {_fmt(summary['runtime_s'])} s on {summary['num_processes']} process(es)",
+    ]
+    parts.append("\n".join(outcome) + "\n")
+    parts.append("### Settings\n")
+    parts.append(settings_table(result))
+    if plot_file:
+        parts.append(f"![GradInit scales and losses]({plot_file})\n")
+    else:
+        parts.append(f"_Plot skipped: {plot_note}._\n")
+    parts.append("### Scales by layer\n")
+    parts.append(scales_table(result))
+    if trained and (training_hyperparameters or training_results or eval_results):
+        parts.append("## Training\n")
+        if eval_results:
+            parts.append("Final evaluation:\n")
+            parts.append("\n".join(f"- {k}: {_fmt(v)}" for k, v in eval_results.items()) + "\n")
+        if training_hyperparameters:
+            parts.append("Hyperparameters:\n")
+            parts.append(
+                "\n".join(f"- {k}: {_fmt(v)}" for k, v in training_hyperparameters.items()) + "\n"
+            )
+        if training_results:
+            header = list(training_results[0])
+            rows = [[_fmt(r.get(h)) for h in header] for r in training_results]
+            parts.append("Results during training:\n")
+            parts.append(markdown_table(header, rows))
+    parts.append("## Framework versions\n")
+    parts.append("\n".join(f"- {k} {v}" for k, v in _versions().items()) + "\n")
+    parts.append("## Citation\n")
+    parts.append(f"```bibtex\n{CITATION}\n```\n")
+    body = "\n".join(parts)
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for dist in ("hf-gradinit", "transformers", "torch", "accelerate", "huggingface_hub"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            continue
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# Initialized checkpoint (no training) and pushing
+# --------------------------------------------------------------------------------------
+
+
+def push_folder_to_hub(
+    folder: str | os.PathLike,
+    repo_id: str,
+    *,
+    token: str | None = None,
+    private: bool | None = None,
+    commit_message: str = "Upload GradInit-initialized checkpoint",
+    revision: str | None = None,
+) -> Any:
+    """Create ``repo_id`` if needed and upload every file of ``folder``; returns the CommitInfo."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(library_name="hf_gradinit")
+    repo = api.create_repo(repo_id, token=token, private=private, exist_ok=True)
+    return api.upload_folder(
+        repo_id=getattr(repo, "repo_id", repo_id),
+        folder_path=str(folder),
+        commit_message=commit_message,
+        token=token,
+        revision=revision,
+        ignore_patterns=["*.tmp", ".git*"],
+    )
+
+
+def save_initialized_checkpoint(
+    model: Any,
+    result: GradInitResult,
+    output_dir: str | os.PathLike,
+    tokenizer: Any = None,
+    *,
+    push_to_hub: bool = False,
+    hub_model_id: str | None = None,
+    hub_token: str | None = None,
+    private: bool | None = None,
+    commit_message: str = "Upload GradInit-initialized checkpoint",
+    model_name: str | None = None,
+    language: str | Sequence[str] | None = None,
+    license: str | None = None,
+    datasets: str | Sequence[str] | None = None,
+    tags: str | Sequence[str] | None = None,
+    pipeline_tag: str | None = None,
+    plot: bool = True,
+) -> Path:
+    """Save a model whose GradInit scales are already applied, ready to start training from.
+
+    ``model`` must already carry the scales (``apply_gradinit`` or ``result.apply(model)``);
+    this function does not apply them, so it can never scale twice. It writes the model
+    (with ``config.gradinit``), the tokenizer, ``gradinit_scales.json``, the plot and a model
+    card into ``output_dir``, and with ``push_to_hub`` uploads all of it to ``hub_model_id``
+    (default: the folder's name). Returns ``output_dir``.
+    """
+    if not hasattr(model, "save_pretrained"):
+        raise TypeError(
+            f"save_initialized_checkpoint needs a transformers PreTrainedModel, got "
+            f"{type(model).__name__}; for other modules save result.to_dict() yourself."
+        )
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    record_in_config(model, result)
+    model.save_pretrained(output_dir)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(output_dir)
+    has_plot = write_gradinit_files(output_dir, result, plot=plot)
+    repo_id = hub_model_id or output_dir.resolve().name
+    card = make_model_card(
+        result,
+        model_name=model_name or repo_id.split("/")[-1],
+        model_class=type(model).__name__,
+        repo_id=repo_id,
+        trained=False,
+        language=language,
+        license=license,
+        datasets=datasets,
+        tags=[*_as_list(tags), *_as_list(getattr(model.config, "model_type", None))],
+        pipeline_tag=pipeline_tag,
+        plot_file=PLOT_FILE if has_plot else None,
+        **({} if plot else {"plot_note": "not requested"}),
+    )
+    card.save(str(output_dir / CARD_FILE))
+    if push_to_hub:
+        commit = push_folder_to_hub(
+            output_dir, repo_id, token=hub_token, private=private, commit_message=commit_message
+        )
+        logger.info(
+            "Pushed the initialized checkpoint to %s", getattr(commit, "commit_url", repo_id)
+        )
+    return output_dir

@@ -1,0 +1,671 @@
+"""``GradInitTrainer``: a ``Seq2SeqTrainer`` that runs GradInit once before training.
+
+Used exactly like ``Seq2SeqTrainer`` / ``Seq2SeqTrainingArguments``; the GradInit settings are
+``gradinit_*`` fields of :class:`GradInitTrainingArguments` (``--gradinit_iterations 200``,
+``--no_gradinit`` on the command line through ``HfArgumentParser``).
+
+What the trainer adds, and where (the fewest overrides that do it):
+
+* ``_inner_training_loop``: the one place where the model to train is final (after
+  ``model_init``, hyperparameter-search setup and checkpoint loading) but not yet wrapped
+  and without an optimizer. GradInit runs there on batches of the trainer's own training
+  pipeline (``get_train_dataloader()``: its collator, sampler and device placement). It is
+  skipped when resuming from a checkpoint (whose weights are already initialized; its
+  ``gradinit_scales.json`` is read back instead) and for a model that was already
+  initialized (``config.gradinit`` set: a second ``train()`` call, or a checkpoint made by
+  ``hf-gradinit init``). With ``model_init`` every ``train()`` builds a fresh random model,
+  which is initialized again.
+* a callback's ``on_train_begin`` logs the GradInit metrics: ``train()`` creates a new
+  ``TrainerState`` after GradInit ran, so logging earlier would be lost.
+* ``_save``, ``_push_from_checkpoint`` and ``create_model_card``: the scales file, the plot,
+  ``config.gradinit`` and a GradInit model card go with every save and every push.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import os
+import random
+import re
+import warnings
+import weakref
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, TrainerCallback
+
+from . import hub
+from .config import GradInitConfig, GradInitError
+from .gradinit import GradInitResult, LossFn, apply_scales, compute_gradinit_scales
+
+logger = logging.getLogger(__name__)
+
+_CORE_FIELDS = {f.name: f for f in dataclasses.fields(GradInitConfig)}
+
+
+def _core(name: str, *, default: Any = dataclasses.MISSING, help: str | None = None) -> Any:
+    """A ``gradinit_<name>`` field that takes its default and help text from GradInitConfig.
+
+    Keeps the core's defaults in one place; only the trainer's own choices are written here.
+    """
+    core = _CORE_FIELDS[name]
+    value = core.default if default is dataclasses.MISSING else default
+    metadata = {"help": help or core.metadata.get("help", "")}
+    if isinstance(value, (list, tuple)):
+        items = list(value)
+        return field(default_factory=lambda: list(items), metadata=metadata)
+    return field(default=value, metadata=metadata)
+
+
+# Optimizers whose first step is (a constant times) sign(g), as Adam's bias-corrected first
+# step is; and those whose first step is along g. Matched as substrings of `optim`.
+_SIGN_STEP = ("adam", "ademamix", "lion", "adagrad", "rmsprop")
+_GRADIENT_STEP = ("sgd", "lomo")
+_APPROXIMATE = ("adafactor", "adalomo")  # factored second moments: roughly a sign step
+
+
+def inner_optimizer_for(optim: Any) -> tuple[Literal["adam", "sgd"], bool]:
+    """The GradInit inner optimizer that simulates ``optim``'s first step, and whether the
+    match is known (False: a guess, 'adam').
+
+    Adam-family, Lion, Adagrad and RMSprop first steps are ``c * sign(g)`` -> 'adam'; SGD and
+    LOMO step along ``g`` -> 'sgd'; Adafactor's first step is close to a sign step.
+    """
+    name = str(getattr(optim, "value", optim)).lower()
+    if any(k in name for k in _APPROXIMATE):  # before "lomo": adalomo is Adafactor-like
+        return "adam", True
+    if any(k in name for k in _GRADIENT_STEP):
+        return "sgd", True
+    if any(k in name for k in _SIGN_STEP):
+        return "adam", True
+    return "adam", False
+
+
+@dataclass
+class GradInitArguments:
+    """The GradInit settings as ``gradinit_*`` command-line arguments.
+
+    Shared by :class:`GradInitTrainingArguments` and ``hf-gradinit init``. The inner optimizer
+    and ``eta`` are not set here directly but follow the training run's ``optim`` and
+    ``learning_rate`` (see :meth:`to_gradinit_config`): GradInit tunes the init for the first
+    step the real optimizer will take, so they should match it.
+    """
+
+    gradinit_iterations: int = _core(
+        "iterations",
+        default=100,
+        help="Number of GradInit iterations (one batch each) before training.",
+    )
+    gradinit_eta_multiplier: float = field(
+        default=2.0,
+        metadata={
+            "help": "eta (the learning rate of the simulated first step) = this x "
+            "learning_rate, unless gradinit_eta is set. 2.0 follows the reference's IWSLT "
+            "Transformer script (eta 1e-3 for lr 5e-4); its CIFAR SGD code used 1.0."
+        },
+    )
+    gradinit_eta: float | None = field(
+        default=None,
+        metadata={
+            "help": "Set eta directly (default: gradinit_eta_multiplier x learning_rate). A "
+            "value that differs from that product is used, with a warning."
+        },
+    )
+    gradinit_inner_optimizer: Literal["adam", "sgd"] | None = field(
+        default=None,
+        metadata={
+            "help": "Optimizer whose first step GradInit simulates (default: follows `optim`: "
+            "Adam family -> adam (sign step, l1 norm), SGD -> sgd (l2 norm)). Forcing one "
+            "that contradicts `optim` is allowed, with a warning."
+        },
+    )
+    gradinit_normalize_sgd_grad: bool = _core("normalize_sgd_grad")
+    gradinit_scale_lr: float = _core("scale_lr", default=1e-2)
+    gradinit_gamma: float | None = _core("gamma", default=None)
+    gradinit_gamma_unit: Literal["absolute", "per_parameter", "init"] = _core("gamma_unit")
+    gradinit_min_scale: float = _core("min_scale")
+    gradinit_max_scale: float = _core("max_scale")
+    gradinit_scale_betas: list[float] = _core("scale_betas")
+    gradinit_scale_eps: float = _core("scale_eps")
+    gradinit_scale_grad_clip: float | None = _core("scale_grad_clip")
+    gradinit_separate_constraint_moments: bool = _core("separate_constraint_moments")
+    gradinit_overlap: float = _core("overlap")
+    gradinit_seed: int | None = field(
+        default=None,
+        metadata={"help": "Seed of GradInit's batch splits (default: the run's `seed`)."},
+    )
+    gradinit_on_nonfinite: Literal["raise", "skip"] = _core("on_nonfinite")
+    gradinit_max_skipped: int = _core("max_skipped")
+    gradinit_batch_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Examples per GradInit batch, per device; each batch is split into the "
+            "two overlapping sub-batches S and S~ (default: per_device_train_batch_size in "
+            "the trainer, 24 in `hf-gradinit init`)."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        self._check_gradinit_fields()
+
+    def _check_gradinit_fields(self) -> None:
+        problems = []
+        if not (
+            isinstance(self.gradinit_eta_multiplier, (int, float))
+            and math.isfinite(self.gradinit_eta_multiplier)
+            and self.gradinit_eta_multiplier > 0
+        ):
+            problems.append(
+                f"gradinit_eta_multiplier must be a positive number, got {self.gradinit_eta_multiplier!r}"
+            )
+        if self.gradinit_inner_optimizer not in (None, "adam", "sgd"):
+            problems.append(
+                "gradinit_inner_optimizer must be 'adam', 'sgd' or None (follow `optim`), got "
+                f"{self.gradinit_inner_optimizer!r}"
+            )
+        if self.gradinit_batch_size is not None and self.gradinit_batch_size < 2:
+            problems.append(
+                f"gradinit_batch_size must be >= 2 (each batch is split in two), got "
+                f"{self.gradinit_batch_size}"
+            )
+        if problems:
+            raise ValueError("Invalid GradInit arguments: " + "; ".join(problems) + ".")
+
+    def to_gradinit_config(
+        self,
+        learning_rate: float | None = None,
+        optim: Any = None,
+        seed: int | None = None,
+        *,
+        warn: bool = True,
+    ) -> GradInitConfig:
+        """The :class:`GradInitConfig` for a run that trains with ``optim`` at ``learning_rate``.
+
+        eta = ``gradinit_eta`` or ``gradinit_eta_multiplier * learning_rate``; the inner
+        optimizer = ``gradinit_inner_optimizer`` or the one ``optim`` implies. Values forced
+        against the run's optimizer are kept, with a warning (``warn``).
+        """
+        expected_eta = (
+            None if learning_rate is None else self.gradinit_eta_multiplier * learning_rate
+        )
+        if self.gradinit_eta is None:
+            if expected_eta is None:
+                raise ValueError(
+                    "GradInit needs the training learning_rate (eta = gradinit_eta_multiplier x "
+                    "learning_rate) or an explicit gradinit_eta."
+                )
+            eta = expected_eta
+        else:
+            eta = self.gradinit_eta
+            if (
+                warn
+                and expected_eta is not None
+                and not math.isclose(eta, expected_eta, rel_tol=1e-6)
+            ):
+                warnings.warn(
+                    f"gradinit_eta={eta:g} is not gradinit_eta_multiplier x learning_rate = "
+                    f"{self.gradinit_eta_multiplier:g} x {learning_rate:g} = {expected_eta:g}: "
+                    "GradInit will tune the init for a first step of another size than training "
+                    "takes. Set gradinit_eta_multiplier instead to keep them tied.",
+                    UserWarning,
+                    stacklevel=3,
+                )
+        inner = self.gradinit_inner_optimizer
+        if optim is not None:
+            implied, known = inner_optimizer_for(optim)
+            optim_name = str(getattr(optim, "value", optim))
+            if inner is None:
+                inner = implied
+                if warn and not known:
+                    warnings.warn(
+                        f"GradInit cannot tell the first step of optim={optim_name!r}; it "
+                        "simulates an Adam-like sign step. Set gradinit_inner_optimizer.",
+                        UserWarning,
+                        stacklevel=3,
+                    )
+            elif warn and known and inner != implied:
+                warnings.warn(
+                    f"gradinit_inner_optimizer={inner!r} contradicts optim={optim_name!r} (whose "
+                    f"first step GradInit would simulate as {implied!r}); GradInit will tune the "
+                    "init for an optimizer that training does not use.",
+                    UserWarning,
+                    stacklevel=3,
+                )
+        values = {
+            name: getattr(self, f"gradinit_{name}")
+            for name in _CORE_FIELDS
+            if hasattr(self, f"gradinit_{name}")
+        }
+        values.update(
+            eta=eta,
+            inner_optimizer=inner or "adam",
+            seed=next(
+                s for s in (self.gradinit_seed, seed, _CORE_FIELDS["seed"].default) if s is not None
+            ),
+        )
+        try:
+            return GradInitConfig(**values)
+        except ValueError as err:  # name the arguments the user actually set
+            names = "|".join(sorted(_CORE_FIELDS, key=len, reverse=True))
+            message = re.sub(rf"(?<![\w.])({names})(?![\w])", r"gradinit_\1", str(err))
+            message = message.replace("Invalid GradInitConfig", "Invalid GradInit arguments")
+            raise ValueError(message) from err
+
+
+@dataclass
+class GradInitTrainingArguments(GradInitArguments, Seq2SeqTrainingArguments):
+    """``Seq2SeqTrainingArguments`` plus ``gradinit`` (on by default) and the ``gradinit_*``
+    settings of :class:`GradInitArguments`."""
+
+    gradinit: bool = field(
+        default=True,
+        metadata={
+            "help": "Run GradInit once before the first optimizer step (not when resuming from "
+            "a checkpoint). --no_gradinit trains exactly like Seq2SeqTrainer."
+        },
+    )
+    gradinit_logging_steps: int | None = field(
+        default=None,
+        metadata={
+            "help": "Log the GradInit metrics averaged over this many iterations (default: "
+            "every iteration up to 100 iterations, else ~100 log entries). The full "
+            "per-iteration history is always in gradinit_scales.json."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        Seq2SeqTrainingArguments.__post_init__(self)
+        self._check_gradinit_fields()
+        if self.gradinit_logging_steps is not None and self.gradinit_logging_steps < 1:
+            raise ValueError(
+                f"gradinit_logging_steps must be >= 1, got {self.gradinit_logging_steps}."
+            )
+        if self.gradinit:
+            self.to_gradinit_config()  # validate now, with clear messages and warnings
+
+    def to_gradinit_config(
+        self,
+        learning_rate: float | None = None,
+        optim: Any = None,
+        seed: int | None = None,
+        *,
+        warn: bool = True,
+    ) -> GradInitConfig:
+        """The :class:`GradInitConfig` of this run (eta and inner optimizer follow
+        ``learning_rate`` and ``optim`` unless set)."""
+        return super().to_gradinit_config(
+            learning_rate=self.learning_rate if learning_rate is None else learning_rate,
+            optim=self.optim if optim is None else optim,
+            seed=self.seed if seed is None else seed,
+            warn=warn,
+        )
+
+
+# --------------------------------------------------------------------------------------
+# Logging
+# --------------------------------------------------------------------------------------
+
+
+def default_logging_steps(iterations: int) -> int:
+    """Every iteration up to 100, else about 100 log entries."""
+    return max(1, math.ceil(iterations / 100))
+
+
+def gradinit_log_entries(result: GradInitResult, every: int = 1) -> list[dict[str, float]]:
+    """Log entries for ``Trainer.log``: per window of ``every`` iterations the mean loss,
+    gradient norm and loss after the simulated step, then one summary entry.
+
+    ``gradinit/iteration`` counts iterations done (1..N); all entries are logged at global
+    step 0, before the first training step.
+    """
+    entries: list[dict[str, float]] = []
+    history = result.history
+    for start in range(0, len(history), every):
+        window = history[start : start + every]
+        entry = {
+            "gradinit/iteration": float(window[-1]["iteration"] + 1),
+            "gradinit/loss": _mean(r["loss"] for r in window),
+            "gradinit/grad_norm": _mean(r["grad_norm"] for r in window),
+        }
+        after = [r["loss_after_step"] for r in window if r["loss_after_step"] is not None]
+        if after:
+            entry["gradinit/loss_after_step"] = _mean(after)
+        entry["gradinit/constraint_fraction"] = _mean(
+            float(r["branch"] == "constraint") for r in window
+        )
+        entry["gradinit/time_s"] = float(sum(r.get("time_s", 0.0) for r in window))
+        entries.append(entry)
+    summary = {f"gradinit/{k}": float(v) for k, v in result.summary().items() if v is not None}
+    summary["gradinit/runtime_s"] = float(result.runtime_s)
+    entries.append(summary)
+    return entries
+
+
+def _mean(values: Any) -> float:
+    values = [float(v) for v in values]
+    return sum(values) / len(values) if values else float("nan")
+
+
+class _GradInitLogCallback(TrainerCallback):
+    """Sends the queued GradInit log entries once the new TrainerState of train() exists."""
+
+    def __init__(self, trainer: GradInitTrainer):
+        self._trainer = weakref.ref(trainer)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        trainer = self._trainer()
+        if trainer is None:
+            return
+        entries, trainer._gradinit_pending_logs = trainer._gradinit_pending_logs, []
+        for entry in entries:
+            trainer.log(dict(entry))
+
+
+# --------------------------------------------------------------------------------------
+# Trainer
+# --------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _rng_preserved() -> Iterator[None]:
+    """GradInit draws data (DataLoader seeds) but leaves training's random streams as they
+    were: with the same seed, gradinit on/off differ only in the initial weights."""
+    py_state = random.getstate()
+    torch_state = torch.get_rng_state()
+    cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    try:
+        import numpy as np
+
+        np_state = np.random.get_state()
+    except ImportError:  # pragma: no cover - numpy ships with torch
+        np, np_state = None, None
+    try:
+        yield
+    finally:
+        random.setstate(py_state)
+        torch.set_rng_state(torch_state)
+        if cuda_states is not None:
+            torch.cuda.set_rng_state_all(cuda_states)
+        if np is not None:
+            np.random.set_state(np_state)
+
+
+class GradInitTrainer(Seq2SeqTrainer):
+    """A ``Seq2SeqTrainer`` that initializes the model with GradInit before training.
+
+    Takes the same arguments as ``Seq2SeqTrainer``; ``args`` should be
+    :class:`GradInitTrainingArguments` (plain ``Seq2SeqTrainingArguments`` get the default
+    GradInit settings). After ``train()``, ``trainer.gradinit_result`` holds the
+    :class:`~hf_gradinit.GradInitResult` (None if GradInit did not run or is off).
+    """
+
+    def __init__(self, model: Any = None, args: Any = None, *more: Any, **kwargs: Any) -> None:
+        if args is None:
+            args = GradInitTrainingArguments(output_dir="tmp_trainer")
+        super().__init__(model, args, *more, **kwargs)
+        self.gradinit_result: GradInitResult | None = None
+        self._gradinit_pending_logs: list[dict[str, float]] = []
+        self._gradinit_models: weakref.WeakSet = weakref.WeakSet()
+        self.add_callback(_GradInitLogCallback(self))
+        if not isinstance(self.args, GradInitArguments):
+            logger.warning(
+                "GradInitTrainer got %s, not GradInitTrainingArguments: GradInit runs with its "
+                "default settings.",
+                type(self.args).__name__,
+            )
+
+    # ---- settings -------------------------------------------------------------------
+
+    @property
+    def gradinit_enabled(self) -> bool:
+        return bool(getattr(self.args, "gradinit", True))
+
+    def gradinit_config(self) -> GradInitConfig:
+        """The :class:`GradInitConfig` of this run (from the arguments, for the current
+        learning rate and optimizer; hyperparameter search may have changed them)."""
+        source = self.args if isinstance(self.args, GradInitArguments) else GradInitArguments()
+        return source.to_gradinit_config(
+            learning_rate=self.args.learning_rate, optim=self.args.optim, seed=self.args.seed
+        )
+
+    def gradinit_loss_fn(self) -> LossFn | None:
+        """The loss GradInit optimizes: the model's own, or the trainer's label-smoothed one
+        or ``compute_loss_func`` when set, as ``compute_loss`` does. A subclass that overrides
+        ``compute_loss`` should override this too."""
+        if self.compute_loss_func is None and self.label_smoother is None:
+            return None
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+        shift = self.model._get_name() in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()
+
+        def loss_fn(outputs: Any, batch: Mapping[str, Any]) -> torch.Tensor:
+            labels = batch.get("labels")
+            if self.compute_loss_func is not None:
+                return self.compute_loss_func(outputs, labels, num_items_in_batch=None)
+            if labels is None:
+                return outputs["loss"] if isinstance(outputs, Mapping) else outputs[0]
+            return self.label_smoother(outputs, labels, shift_labels=shift)
+
+        return loss_fn
+
+    # ---- running GradInit -----------------------------------------------------------
+
+    def _gradinit_dataloader(self) -> Any:
+        """The trainer's own training loader, at gradinit_batch_size if that is set."""
+        batch_size = getattr(self.args, "gradinit_batch_size", None)
+        if batch_size is None:
+            return self.get_train_dataloader()
+        saved = self._train_batch_size
+        self._train_batch_size = batch_size * max(1, self.args.n_gpu)
+        try:
+            return self.get_train_dataloader()
+        finally:
+            self._train_batch_size = saved
+
+    def run_gradinit(self) -> GradInitResult:
+        """Run GradInit on ``self.model`` now and apply the scales.
+
+        ``train()`` calls this itself; call it directly to inspect the result before training
+        (``train()`` then sees the model is initialized and does not run it again).
+        """
+        model = self.model
+        config = self.gradinit_config()
+        loader = self._gradinit_dataloader()
+        logger.info(
+            "Running GradInit: %d iterations, inner optimizer %s, eta %g",
+            config.iterations,
+            config.inner_optimizer,
+            config.eta,
+        )
+        try:
+            with _rng_preserved():
+                result = compute_gradinit_scales(
+                    model,
+                    loader,
+                    config,
+                    accelerator=self.accelerator,
+                    loss_fn=self.gradinit_loss_fn(),
+                    show_progress=not self.args.disable_tqdm and self.is_local_process_zero(),
+                )
+        finally:
+            # Stopping midway leaves an accelerate loader registered as "active" in the
+            # GradientState; end it so training's own loader is the only one.
+            end = getattr(loader, "end", None)
+            if callable(end):
+                end()
+        apply_scales(model, result.scales)
+        hub.record_in_config(model, result)
+        self._gradinit_models.add(model)
+        self.gradinit_result = result
+        every = getattr(self.args, "gradinit_logging_steps", None)
+        every = every or default_logging_steps(len(result.history))
+        self._gradinit_pending_logs = gradinit_log_entries(result, every)
+        summary = result.summary()
+        logger.info(
+            "GradInit done in %.1fs: scales %.3g..%.3g, loss after step %s -> %s",
+            result.runtime_s,
+            summary["scale_min"] or float("nan"),
+            summary["scale_max"] or float("nan"),
+            summary["first_loss_after_step"],
+            summary["last_loss_after_step"],
+        )
+        return result
+
+    def _already_initialized(self, model: Any) -> bool:
+        return model in self._gradinit_models or hub.is_initialized(model)
+
+    def _restore_gradinit_record(self, folder: str | os.PathLike) -> None:
+        """Take the GradInit record of a checkpoint or of the folder the model came from."""
+        path = os.path.join(str(folder), hub.SCALES_FILE)
+        if not os.path.isfile(path):
+            return
+        try:
+            self.gradinit_result = hub.load_gradinit_result(path)
+        except ValueError as err:
+            logger.warning("Ignoring %s: %s", path, err)
+            return
+        hub.record_in_config(self.model, self.gradinit_result)
+        self._gradinit_models.add(self.model)
+
+    def _inner_training_loop(
+        self,
+        batch_size: int | None = None,
+        args: Any = None,
+        resume_from_checkpoint: str | None = None,
+        trial: Any = None,
+        ignore_keys_for_eval: list[str] | None = None,
+    ) -> Any:
+        """Runs GradInit (see the module docstring for why here), then trains as usual."""
+        if resume_from_checkpoint is not None:
+            # The checkpoint's weights are already initialized (and trained); keep its record.
+            self._restore_gradinit_record(resume_from_checkpoint)
+        elif self.gradinit_enabled and not self._already_initialized(self.model):
+            self.run_gradinit()
+        elif self.gradinit_enabled and self.gradinit_result is None:
+            name = getattr(getattr(self.model, "config", None), "_name_or_path", "") or ""
+            if name and os.path.isdir(name):
+                self._restore_gradinit_record(name)
+            logger.info("The model is already GradInit-initialized; not running GradInit again.")
+        return super()._inner_training_loop(
+            batch_size=batch_size,
+            args=args,
+            resume_from_checkpoint=resume_from_checkpoint,
+            trial=trial,
+            ignore_keys_for_eval=ignore_keys_for_eval,
+        )
+
+    # ---- saving and the Hub ---------------------------------------------------------
+
+    def _write_gradinit_files(self, folder: str) -> bool:
+        result = self.gradinit_result
+        if result is None:
+            return False
+        cached = getattr(self, "_gradinit_png", None)
+        if cached is None or cached[0] is not result:  # render once, write into every save
+            cached = (result, hub.render_scales_plot(result) or False)
+            self._gradinit_png = cached
+        return hub.write_gradinit_files(folder, result, plot=cached[1])
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """Also writes gradinit_scales.json (and the plot) into every saved folder."""
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if self.gradinit_result is not None:
+            hub.record_in_config(self.model, self.gradinit_result)  # before config.json is written
+        super()._save(output_dir, state_dict)
+        if self.args.should_save:
+            self._write_gradinit_files(output_dir)
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        """Trainer copies only the standard model files from the checkpoint into output_dir
+        before uploading it; put the GradInit files and card there too."""
+        if self.gradinit_result is not None and self.is_world_process_zero():
+            self._write_gradinit_files(self.args.output_dir)
+            self.create_model_card()
+        super()._push_from_checkpoint(checkpoint_folder)
+
+    def create_model_card(
+        self,
+        language: str | None = None,
+        license: str | None = None,
+        tags: str | list[str] | None = None,
+        model_name: str | None = None,
+        finetuned_from: str | None = None,
+        tasks: str | list[str] | None = None,
+        dataset_tags: str | list[str] | None = None,
+        dataset: str | list[str] | None = None,
+        dataset_args: str | list[str] | None = None,
+    ) -> None:
+        """Writes the GradInit model card to output_dir/README.md (Trainer's card when
+        GradInit did not run): Hub metadata, settings, scales table and plot, training
+        hyperparameters and results."""
+        if self.gradinit_result is None:
+            super().create_model_card(
+                language=language,
+                license=license,
+                tags=tags,
+                model_name=model_name,
+                finetuned_from=finetuned_from,
+                tasks=tasks,
+                dataset_tags=dataset_tags,
+                dataset=dataset,
+                dataset_args=dataset_args,
+            )
+            return
+        if not self.is_world_process_zero():
+            return
+        from transformers.modelcard import TrainingSummary
+
+        summary = TrainingSummary.from_trainer(
+            self,
+            language=language,
+            license=license,
+            tags=[tags] if isinstance(tags, str) else list(tags or []),
+            model_name=model_name,
+            finetuned_from=finetuned_from,
+            tasks=tasks,
+            dataset_tags=dataset_tags,
+            dataset=dataset,
+            dataset_args=dataset_args,
+        )
+        base = summary.finetuned_from
+        if not base or os.path.isdir(base):  # built from a config, or a local folder
+            base = None
+        output_dir = self.args.output_dir
+        has_plot = self._write_gradinit_files(output_dir)
+        model = self.accelerator.unwrap_model(self.model)
+        model_type = getattr(getattr(model, "config", None), "model_type", None)
+        tags_out = [*hub._as_list(summary.tags), *hub._as_list(model_type)]
+        card = hub.make_model_card(
+            self.gradinit_result,
+            model_name=summary.model_name or os.path.basename(os.path.abspath(output_dir)),
+            model_class=type(model).__name__,
+            repo_id=self.hub_model_id or self.args.hub_model_id,
+            trained=self.state.global_step > 0,
+            language=summary.language,
+            license=summary.license,
+            datasets=summary.dataset_tags,
+            tags=tags_out,
+            base_model=base,
+            training_hyperparameters=summary.hyperparameters,
+            training_results=summary.eval_lines,
+            eval_results=summary.eval_results,
+            plot_file=hub.PLOT_FILE if has_plot else None,
+        )
+        os.makedirs(output_dir, exist_ok=True)
+        card.save(os.path.join(output_dir, hub.CARD_FILE))
+
+
+__all__ = [
+    "GradInitArguments",
+    "GradInitError",
+    "GradInitTrainer",
+    "GradInitTrainingArguments",
+    "default_logging_steps",
+    "gradinit_log_entries",
+    "inner_optimizer_for",
+]
