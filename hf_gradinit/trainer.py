@@ -483,7 +483,7 @@ class GradInitTrainer(Seq2SeqTrainer):
             config.eta,
         )
         try:
-            with _rng_preserved():
+            with _rng_preserved(), hub.unsaved_parameters_frozen(model):
                 result = compute_gradinit_scales(
                     model,
                     loader,

@@ -1,0 +1,369 @@
+"""``hf-gradinit``: make a GradInit-initialized checkpoint without training it.
+
+    hf-gradinit init --model_path ./tiny-marian --train_file train.jsonl \\
+        --source_lang de --target_lang en --learning_rate 5e-4 --output_dir ./tiny-marian-gradinit
+
+The model folder holds a ``config.json`` and, optionally, weights (without weights the model
+is built from the config with random weights: the usual case) and a tokenizer. The data is
+JSON lines, either ``{"translation": {"de": ..., "en": ...}}`` (seq2seq, with
+``--source_lang/--target_lang``) or ``{"text": ..., "label": ...}`` (sequence
+classification). GradInit's settings are the ``--gradinit_*`` options, shared with
+``GradInitTrainingArguments``; ``--learning_rate`` and ``--optim`` are the ones you will train
+with, since GradInit tunes the init for that optimizer's first step. The result is saved with
+``save_initialized_checkpoint`` (model, tokenizer, scales file, plot, model card) and, with
+``--push_to_hub``, uploaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gzip
+import json
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import GradInitError
+from .trainer import GradInitArguments
+
+DEFAULT_BATCH_SIZE = 24
+_WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+
+
+class CliError(Exception):
+    """A problem with the command line or the input files (exit status 2)."""
+
+
+@dataclass
+class InitArguments:
+    """What to initialize, on which data, and where the checkpoint goes."""
+
+    model_path: str = field(
+        metadata={
+            "help": "Local folder with config.json (+ optional weights and tokenizer). Without "
+            "weights the model is built from the config."
+        }
+    )
+    train_file: str = field(
+        metadata={"help": "JSON-lines data (.jsonl or .jsonl.gz): translation or text/label."}
+    )
+    output_dir: str = field(metadata={"help": "Where to write the initialized checkpoint."})
+    learning_rate: float | None = field(
+        default=None,
+        metadata={
+            "help": "The learning rate you will train with (eta = gradinit_eta_multiplier x "
+            "learning_rate). Required unless --gradinit_eta is given."
+        },
+    )
+    optim: str = field(
+        default="adamw_torch",
+        metadata={"help": "The optimizer you will train with (a TrainingArguments `optim`)."},
+    )
+    seed: int = field(default=42, metadata={"help": "Seed of the random init and of GradInit."})
+    source_lang: str | None = field(
+        default=None, metadata={"help": "Source language key of `translation` records."}
+    )
+    target_lang: str | None = field(
+        default=None, metadata={"help": "Target language key of `translation` records."}
+    )
+    source_prefix: str = field(
+        default="", metadata={"help": "Text put before every source (e.g. for T5)."}
+    )
+    text_column: str = field(default="text", metadata={"help": "Text field of text/label data."})
+    label_column: str = field(
+        default="label", metadata={"help": "Label field (int or a name in config.label2id)."}
+    )
+    max_source_length: int = field(default=128, metadata={"help": "Truncate sources/texts."})
+    max_target_length: int = field(default=128, metadata={"help": "Truncate targets."})
+    max_examples: int | None = field(
+        default=None, metadata={"help": "Read at most this many examples from the file."}
+    )
+    use_cpu: bool = field(default=False, metadata={"help": "Run on CPU even if a GPU is present."})
+    push_to_hub: bool = field(default=False, metadata={"help": "Upload the checkpoint."})
+    hub_model_id: str | None = field(
+        default=None, metadata={"help": "Repository to push to (default: output_dir's name)."}
+    )
+    hub_token: str | None = field(default=None, metadata={"help": "Token with write access."})
+    hub_private_repo: bool | None = field(
+        default=None, metadata={"help": "Create the repository as private."}
+    )
+    license: str | None = field(default=None, metadata={"help": "License for the model card."})
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "Hub dataset id for the card's metadata (if any)."}
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Parsing
+# --------------------------------------------------------------------------------------
+
+
+def _parsers() -> argparse.ArgumentParser:
+    from transformers import HfArgumentParser
+
+    parser = argparse.ArgumentParser(
+        prog="hf-gradinit",
+        description="GradInit (learned initialization) for Hugging Face Transformers models.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    options = HfArgumentParser((InitArguments, GradInitArguments), add_help=False)
+    commands.add_parser(
+        "init",
+        parents=[options],
+        help="run GradInit on a model folder and save (or push) the initialized checkpoint",
+        description="Run GradInit on a model folder and save (or push) the initialized "
+        "checkpoint, untrained." + _INIT_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    return parser
+
+
+_INIT_DESCRIPTION = """
+Data: JSON lines, {"translation": {SRC: ..., TGT: ...}} with --source_lang/--target_lang,
+or {"text": ..., "label": ...}. Set --learning_rate (and --optim) to the training run's.
+"""
+
+
+def _to_dataclass(cls: type, namespace: argparse.Namespace) -> Any:
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    return cls(**{k: v for k, v in vars(namespace).items() if k in names})
+
+
+# --------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------
+
+
+def read_jsonl(path: str | os.PathLike, limit: int | None = None) -> list[dict[str, Any]]:
+    """Records of a JSON-lines file (gzip if it ends in .gz); errors name the line."""
+    path = Path(path)
+    if not path.is_file():
+        raise CliError(f"--train_file {path} does not exist.")
+    opener = gzip.open if path.suffix == ".gz" else open
+    records = []
+    with opener(path, "rt", encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise CliError(f"{path}, line {number}: not valid JSON ({err.msg}).") from None
+            if not isinstance(record, dict):
+                raise CliError(f"{path}, line {number}: expected a JSON object per line.")
+            records.append(record)
+            if limit is not None and len(records) >= limit:
+                break
+    if not records:
+        raise CliError(f"{path} holds no examples.")
+    return records
+
+
+def seq2seq_features(records: list[dict], tokenizer: Any, a: InitArguments) -> list[dict]:
+    if not a.source_lang or not a.target_lang:
+        raise CliError("Translation data needs --source_lang and --target_lang.")
+    sources, targets = [], []
+    for i, record in enumerate(records, 1):
+        pair = record.get("translation")
+        if not isinstance(pair, dict) or a.source_lang not in pair or a.target_lang not in pair:
+            keys = sorted(pair) if isinstance(pair, dict) else None
+            raise CliError(
+                f"Example {i}: expected {{'translation': {{{a.source_lang!r}: ..., "
+                f"{a.target_lang!r}: ...}}}}, got translation keys {keys}."
+            )
+        sources.append(a.source_prefix + str(pair[a.source_lang]))
+        targets.append(str(pair[a.target_lang]))
+    encoded = tokenizer(sources, max_length=a.max_source_length, truncation=True)
+    labels = tokenizer(text_target=targets, max_length=a.max_target_length, truncation=True)[
+        "input_ids"
+    ]
+    return [
+        {"input_ids": ids, "attention_mask": mask, "labels": lab}
+        for ids, mask, lab in zip(encoded["input_ids"], encoded["attention_mask"], labels)
+    ]
+
+
+def classification_features(
+    records: list[dict], tokenizer: Any, config: Any, a: InitArguments
+) -> list[dict]:
+    label2id = {str(k): int(v) for k, v in (getattr(config, "label2id", None) or {}).items()}
+    num_labels = getattr(config, "num_labels", None)
+    texts, labels = [], []
+    for i, record in enumerate(records, 1):
+        if a.text_column not in record or a.label_column not in record:
+            raise CliError(
+                f"Example {i}: expected fields {a.text_column!r} and {a.label_column!r}, got "
+                f"{sorted(record)}."
+            )
+        label = record[a.label_column]
+        if isinstance(label, str) and label in label2id:
+            label = label2id[label]
+        if isinstance(label, bool) or not isinstance(label, int):
+            raise CliError(
+                f"Example {i}: label {label!r} is neither an integer nor a name in the "
+                f"config's label2id {sorted(label2id)}."
+            )
+        if num_labels is not None and not 0 <= label < num_labels:
+            raise CliError(f"Example {i}: label {label} is outside 0..{num_labels - 1}.")
+        texts.append(str(record[a.text_column]))
+        labels.append(label)
+    encoded = tokenizer(texts, max_length=a.max_source_length, truncation=True)
+    return [
+        {"input_ids": ids, "attention_mask": mask, "labels": lab}
+        for ids, mask, lab in zip(encoded["input_ids"], encoded["attention_mask"], labels)
+    ]
+
+
+# --------------------------------------------------------------------------------------
+# Model
+# --------------------------------------------------------------------------------------
+
+
+def load_model(path: str, task: str, seed: int) -> Any:
+    """The model of ``path``: its weights if the folder has them, else built from config."""
+    import transformers
+    from transformers import AutoConfig, set_seed
+
+    folder = Path(path)
+    if not (folder / "config.json").is_file():
+        raise CliError(f"--model_path {path} is not a folder with a config.json.")
+    config = AutoConfig.from_pretrained(folder)
+    cls = None
+    for arch in getattr(config, "architectures", None) or []:
+        cls = getattr(transformers, arch, None)
+        if cls is not None:
+            break
+    if cls is None:
+        auto = (
+            "AutoModelForSeq2SeqLM" if task == "seq2seq" else "AutoModelForSequenceClassification"
+        )
+        cls = getattr(transformers, auto)
+    has_weights = any((folder / name).is_file() for name in _WEIGHT_FILES)
+    set_seed(seed)
+    try:
+        if has_weights:
+            return cls.from_pretrained(folder)
+        return cls.from_config(config) if cls.__name__.startswith("Auto") else cls(config)
+    except ValueError as err:
+        raise CliError(f"Cannot build a {task} model from {path}: {err}") from err
+
+
+def load_tokenizer(path: str) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        raise CliError(
+            f"No usable tokenizer in {path} ({err}). Save one there with "
+            "tokenizer.save_pretrained(folder)."
+        ) from None
+
+
+# --------------------------------------------------------------------------------------
+# The init command
+# --------------------------------------------------------------------------------------
+
+
+def run_init(a: InitArguments, g: GradInitArguments) -> Path:
+    """Load, run GradInit, apply, save (and push); returns the output folder."""
+    from accelerate import PartialState
+    from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding
+
+    from .gradinit import apply_gradinit
+    from .hub import save_initialized_checkpoint, unsaved_parameters_frozen
+
+    if a.learning_rate is None and g.gradinit_eta is None:
+        raise CliError("Give --learning_rate (the one you will train with) or --gradinit_eta.")
+    if not (Path(a.model_path) / "config.json").is_file():
+        raise CliError(f"--model_path {a.model_path} is not a folder with a config.json.")
+    records = read_jsonl(a.train_file, a.max_examples)
+    task = "seq2seq" if "translation" in records[0] else "classification"
+    if task == "classification" and a.text_column not in records[0]:
+        raise CliError(
+            f"Cannot tell the data format from the first record (fields {sorted(records[0])}): "
+            f"expected 'translation' or {a.text_column!r}/{a.label_column!r}."
+        )
+    tokenizer = load_tokenizer(a.model_path)
+    model = load_model(a.model_path, task, a.seed)
+    if task == "seq2seq":
+        if not getattr(model.config, "is_encoder_decoder", False):
+            raise CliError(
+                f"Translation data needs an encoder-decoder model; {type(model).__name__} is not."
+            )
+        features = seq2seq_features(records, tokenizer, a)
+        collator = DataCollatorForSeq2Seq(tokenizer, model=model)
+        language = [a.source_lang, a.target_lang]
+    else:
+        features = classification_features(records, tokenizer, model.config, a)
+        collator = DataCollatorWithPadding(tokenizer)
+        language = None
+    config = g.to_gradinit_config(learning_rate=a.learning_rate, optim=a.optim, seed=a.seed)
+    with unsaved_parameters_frozen(model):
+        result = apply_gradinit(
+            model,
+            features,
+            config,
+            data_collator=collator,
+            batch_size=g.gradinit_batch_size or DEFAULT_BATCH_SIZE,
+            accelerator=PartialState(cpu=a.use_cpu),
+        )
+    summary = result.summary()
+    print(
+        f"GradInit: {summary['num_scales']} scales in [{summary['scale_min']:.4g}, "
+        f"{summary['scale_max']:.4g}] after {summary['iterations']} iterations "
+        f"({summary['runtime_s']:.1f}s)."
+    )
+    model.to("cpu")
+    out = save_initialized_checkpoint(
+        model,
+        result,
+        a.output_dir,
+        tokenizer,
+        push_to_hub=a.push_to_hub,
+        hub_model_id=a.hub_model_id,
+        hub_token=a.hub_token,
+        private=a.hub_private_repo,
+        language=language,
+        license=a.license,
+        datasets=a.dataset_name,
+        pipeline_tag="translation" if task == "seq2seq" else "text-classification",
+    )
+    print(
+        f"Saved the initialized checkpoint to {out}" + (" and pushed it." if a.push_to_hub else ".")
+    )
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``hf-gradinit``; returns the exit status (0 ok, 1 GradInit failed,
+    2 bad command line or input)."""
+    parser = _parsers()
+    namespace = parser.parse_args(argv)
+    if namespace.command is None:
+        parser.print_help()
+        return 2
+    try:
+        init_args = _to_dataclass(InitArguments, namespace)
+        gradinit_args = _to_dataclass(GradInitArguments, namespace)
+        run_init(init_args, gradinit_args)
+    except (CliError, ValueError) as err:
+        print(f"hf-gradinit: error: {err}", file=sys.stderr)
+        return 2
+    except GradInitError as err:
+        print(f"hf-gradinit: GradInit failed: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
