@@ -288,7 +288,8 @@ def _default_loss(outputs: Any, batch: Mapping[str, Any]) -> torch.Tensor:
         )
     if loss.dim() != 0:
         raise GradInitError(
-            f"The loss must be a scalar, got a tensor of shape {tuple(loss.shape)}."
+            f"The model returned a tensor of shape {tuple(loss.shape)}, not a scalar loss. "
+            "Give it labels so it returns a loss, or pass `loss_fn=lambda outputs, batch: ...`."
         )
     return loss
 
@@ -524,7 +525,10 @@ def compute_gradinit_scales(
                 batch = _to_device(next(data), device)
                 batch_s, batch_t = split_batch(batch, config.overlap, generator)
 
-                loss_s, grads = problem.gradient(alpha, batch_s, create_graph=graph_next)
+                if it == 0:
+                    loss_s, grads = _first_gradient(problem, alpha, batch_s, graph_next, loss_fn)
+                else:
+                    loss_s, grads = problem.gradient(alpha, batch_s, create_graph=graph_next)
                 g_mean = [g.detach().clone() for g in grads]
                 stats = loss_s.detach().reshape(1).clone()
                 reducer.mean_([*g_mean, stats])
@@ -604,6 +608,26 @@ def compute_gradinit_scales(
     )
 
 
+def _first_gradient(problem, alpha, batch, create_graph, loss_fn):
+    """The first forward/backward, with errors that say what the batch lacked."""
+    try:
+        return problem.gradient(alpha, batch, create_graph=create_graph)
+    except GradInitError:
+        raise
+    except Exception as e:
+        keys = sorted(batch) if isinstance(batch, Mapping) else type(batch).__name__
+        hint = ""
+        if loss_fn is None and isinstance(batch, Mapping) and not set(batch) & set(_LABEL_NAMES):
+            hint = (
+                " The batch has no labels: GradInit needs batches the model computes a loss "
+                "from (e.g. `labels`), or a `loss_fn`."
+            )
+        raise GradInitError(
+            f"The model's forward/backward failed on the first GradInit batch (keys {keys}): "
+            f"{type(e).__name__}: {e}.{hint}"
+        ) from e
+
+
 def _norm(grads: list[torch.Tensor], norm_type: str) -> float:
     if norm_type == "l1":
         return float(sum(g.abs().sum() for g in grads))
@@ -658,10 +682,10 @@ def _progress(total: int, enabled: bool):
 
 
 def _forward_arg_names(model: nn.Module) -> set[str] | None:
+    """Named arguments of forward (as the Trainer keeps them); None: keep every column."""
     params = inspect.signature(model.forward).parameters
-    if any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return None  # **kwargs: keep every column
-    return set(params) | set(_LABEL_NAMES)
+    named = {n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+    return named | set(_LABEL_NAMES) if named else None
 
 
 def make_dataloader(

@@ -145,8 +145,8 @@ def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def assert_same_weights(model: torch.nn.Module, saved: dict[str, torch.Tensor]) -> None:
     now = model.state_dict()
     assert set(now) == set(saved)
-    for n, t in saved.items():
-        assert torch.equal(now[n], t), f"{n} changed"
+    for n, t in saved.items():  # exact, NaN == NaN
+        torch.testing.assert_close(now[n], t, rtol=0, atol=0, equal_nan=True, msg=f"{n} changed")
 
 
 @pytest.fixture(autouse=True)
