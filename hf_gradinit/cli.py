@@ -337,6 +337,10 @@ def run_init(a: InitArguments, g: GradInitArguments) -> Path:
         license=a.license,
         datasets=a.dataset_name,
         pipeline_tag="translation" if task == "seq2seq" else "text-classification",
+        optim=a.optim,
+        learning_rate=a.learning_rate,
+        data_description=f"GradInit batches from `{Path(a.train_file).name}` "
+        f"({len(features)} {task} examples)",
     )
     print(
         f"Saved the initialized checkpoint to {out}" + (" and pushed it." if a.push_to_hub else ".")

@@ -195,6 +195,7 @@ def render_scales_plot(result: GradInitResult) -> bytes | None:
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
+        from matplotlib.ticker import MaxNLocator
     except ImportError:
         return None
     import io
@@ -205,13 +206,14 @@ def render_scales_plot(result: GradInitResult) -> bytes | None:
     fig = Figure(figsize=(max(8.0, min(0.12 * len(names), 24.0)), 7.5), layout="constrained")
     FigureCanvasAgg(fig)
     ax_scales, ax_loss = fig.subplots(2, 1, height_ratios=[3, 2])
-    ax_scales.bar(
+    ax_scales.bar(  # bars from 1 (the original init) to the learned scale
         range(len(values)),
-        values,
+        [v - 1.0 for v in values],
+        bottom=1.0,
         color=[colors.get(result.kinds.get(n, ""), "tab:gray") for n in names],
     )
     ax_scales.axhline(1.0, color="black", linewidth=0.8)
-    if values and min(values) > 0:
+    if values and min(values) > 0 and max(values) / min(values) > 3:
         ax_scales.set_yscale("log")
     ax_scales.set_ylabel("learned scale")
     ax_scales.set_title("GradInit scales by tensor (blue: weights, orange: gains, green: biases)")
@@ -229,8 +231,9 @@ def render_scales_plot(result: GradInitResult) -> bytes | None:
     if after:
         ax_loss.plot(*zip(*after), label="loss on S~ after the simulated step", linewidth=1)
     ax_loss.set_xlabel("GradInit iteration")
+    ax_loss.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax_loss.set_ylabel("loss")
-    ax_loss.legend(loc="upper right", fontsize=8)
+    ax_loss.legend(loc="best", fontsize=8)
     ax_norm = ax_loss.twinx()
     ax_norm.plot(its, [h["grad_norm"] for h in result.history], color="tab:red", linewidth=0.8)
     ax_norm.set_ylabel(f"gradient {result.config.norm_type} norm", color="tab:red")
@@ -285,6 +288,9 @@ def make_model_card(
     eval_results: Mapping[str, Any] | None = None,
     plot_file: str | None = PLOT_FILE,
     plot_note: str = "matplotlib is not installed (`pip install hf-gradinit[plots]`)",
+    optim: str | None = None,
+    learning_rate: float | None = None,
+    data_description: str | None = None,
 ) -> ModelCard:
     """A model card for a GradInit-initialized (and possibly trained) model.
 
@@ -322,9 +328,10 @@ def make_model_card(
             "tensor so that one step of the training optimizer lowers the loss as much as "
             "possible while the gradient norm stays bounded."
         )
-    datasets_list = _as_list(datasets)
-    if datasets_list:
-        intro += " Data: " + ", ".join(f"`{d}`" for d in datasets_list) + "."
+    if data_description:
+        intro += f" Data: {data_description}."
+    elif _as_list(datasets):
+        intro += " Data: " + ", ".join(f"`{d}`" for d in _as_list(datasets)) + "."
 
     parts = [f"# {model_name}\n", intro + "\n"]
     parts.append("## How to use\n")
@@ -342,7 +349,14 @@ def make_model_card(
         "`config.gradinit` and does not rescale such a model.\n"
     )
     parts.append("## GradInit\n")
+    training = [f"`{optim}`" if optim else "", f"lr {_fmt(learning_rate)}" if learning_rate else ""]
+    training = ", ".join(t for t in training if t)
+    tuned_for = (
+        f"the `{result.config.inner_optimizer}` first step with eta {_fmt(result.config.eta)}"
+    )
+    tuned_for += f" (training with {training})" if training else ""
     outcome = [
+        f"- tuned for {tuned_for}; an init is specific to the optimizer and learning rate",
         f"- scaled tensors: {summary['num_scales']}, scales from {_fmt(summary['scale_min'])} "
         f"to {_fmt(summary['scale_max'])}",
         f"- iterations: {summary['iterations']} ({summary['constraint_iterations']} spent "
@@ -445,6 +459,9 @@ def save_initialized_checkpoint(
     tags: str | Sequence[str] | None = None,
     pipeline_tag: str | None = None,
     plot: bool = True,
+    optim: str | None = None,
+    learning_rate: float | None = None,
+    data_description: str | None = None,
 ) -> Path:
     """Save a model whose GradInit scales are already applied, ready to start training from.
 
@@ -479,6 +496,9 @@ def save_initialized_checkpoint(
         tags=[*_as_list(tags), *_as_list(getattr(model.config, "model_type", None))],
         pipeline_tag=pipeline_tag,
         plot_file=PLOT_FILE if has_plot else None,
+        optim=optim,
+        learning_rate=learning_rate,
+        data_description=data_description,
         **({} if plot else {"plot_note": "not requested"}),
     )
     card.save(str(output_dir / CARD_FILE))

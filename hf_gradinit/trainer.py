@@ -371,6 +371,11 @@ class _GradInitLogCallback(TrainerCallback):
 # --------------------------------------------------------------------------------------
 
 
+def _dataset_phrase(dataset: str | list[str] | None) -> str | None:
+    names = hub._as_list(dataset)
+    return " and ".join(f"the {n} dataset" for n in names) if names else None
+
+
 @contextlib.contextmanager
 def _rng_preserved() -> Iterator[None]:
     """GradInit draws data (DataLoader seeds) but leaves training's random streams as they
@@ -655,6 +660,9 @@ class GradInitTrainer(Seq2SeqTrainer):
             training_results=summary.eval_lines,
             eval_results=summary.eval_results,
             plot_file=hub.PLOT_FILE if has_plot else None,
+            data_description=_dataset_phrase(summary.dataset),
+            optim=str(getattr(self.args.optim, "value", self.args.optim)),
+            learning_rate=self.args.learning_rate,
         )
         os.makedirs(output_dir, exist_ok=True)
         card.save(os.path.join(output_dir, hub.CARD_FILE))

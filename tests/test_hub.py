@@ -25,6 +25,7 @@ from conftest import (
 from huggingface_hub import CommitInfo, HfApi, ModelCard, RepoUrl
 from transformers import AutoModelForSeq2SeqLM, default_data_collator
 
+import hf_gradinit.trainer as trainer_module
 from hf_gradinit import (
     GradInitConfig,
     GradInitTrainer,
@@ -213,7 +214,7 @@ def test_trainer_push_to_hub_sends_card_config_weights_and_scales(tmp_path, hub)
     card = _card_checks(files["README.md"].decode(), result)
     assert card.data.language == ["de", "en"]
     assert "trained with `hf_gradinit.GradInitTrainer`" in card.text
-    assert "fine-tuned version" not in card.text
+    assert "fine-tuned version" not in card.text and "the toy pairs dataset" in card.text
     assert "someone/tiny-marian" in hub["repos"]
 
 
@@ -230,7 +231,11 @@ def _translation_setup(tmp_path, weights=True):
     return model, folder, data
 
 
-def test_cli_init_translation_end_to_end(tmp_path, capsys):
+def _never_called(*args, **kwargs):
+    raise AssertionError("GradInit ran on an already initialized model")
+
+
+def test_cli_init_translation_end_to_end(tmp_path, capsys, monkeypatch):
     model, folder, data = _translation_setup(tmp_path)
     original = snapshot(model)
     out = tmp_path / "initialized"
@@ -271,6 +276,19 @@ def test_cli_init_translation_end_to_end(tmp_path, capsys):
     card = ModelCard.load(out / "README.md")
     assert card.data.language == ["de", "en"] and card.data.pipeline_tag == "translation"
     assert (out / "tokenizer.json").is_file() and (out / PLOT_FILE).is_file()
+
+    # Training the initialized checkpoint with GradInitTrainer does not rescale it.
+    monkeypatch.setattr(trainer_module, "compute_gradinit_scales", _never_called)
+    trainer = GradInitTrainer(
+        model=reloaded,
+        args=GradInitTrainingArguments(
+            output_dir=str(tmp_path / "train"), max_steps=1, per_device_train_batch_size=6,
+            use_cpu=True, report_to="none", disable_tqdm=True, save_strategy="no",
+        ),
+        train_dataset=seq2seq_examples(12),
+    )  # fmt: skip
+    trainer.train()
+    assert trainer.gradinit_result.scales == result.scales  # its record, from the folder
 
 
 def test_cli_init_from_config_only_and_push(tmp_path, hub):

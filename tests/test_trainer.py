@@ -76,6 +76,16 @@ class StartWeights(TrainerCallback):
             self.first = snapshot(model)
 
 
+class LogSpy(TrainerCallback):
+    """What the configured reporters receive (they are on_log callbacks too)."""
+
+    def __init__(self):
+        self.logs: list[dict] = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        self.logs.append(dict(logs or {}))
+
+
 def _never_called(*args, **kwargs):
     raise AssertionError("GradInit ran, but it must not run here")
 
@@ -152,6 +162,16 @@ def test_forced_mismatches_warn_and_bad_values_raise(tmp_path):
     GradInitTrainingArguments(output_dir=str(tmp_path), gradinit=False, gradinit_scale_lr=-1.0)
 
 
+def test_plain_seq2seq_arguments_get_the_default_gradinit_settings(tmp_path):
+    args = Seq2SeqTrainingArguments(str(tmp_path), learning_rate=3e-4, optim="sgd", **{
+        k: v for k, v in COMMON.items() if k not in ("learning_rate",)
+    })  # fmt: skip
+    trainer = GradInitTrainer(model=tiny_bart(), args=args, train_dataset=seq2seq_examples(6))
+    config = trainer.gradinit_config()
+    assert trainer.gradinit_enabled
+    assert (config.eta, config.inner_optimizer, config.iterations) == (6e-4, "sgd", 100)
+
+
 def test_hf_argument_parser_sees_the_gradinit_arguments(tmp_path):
     parser = HfArgumentParser(GradInitTrainingArguments)
     (on,) = parser.parse_args_into_dataclasses(
@@ -173,10 +193,10 @@ def test_hf_argument_parser_sees_the_gradinit_arguments(tmp_path):
 def test_training_starts_from_the_scaled_init_and_saves_it(tmp_path, factory):
     model = factory()
     original = snapshot(model)
-    start = StartWeights()
+    start, spy = StartWeights(), LogSpy()
     args = _args(tmp_path, save_strategy="steps", save_steps=2, gradinit_iterations=4)
     trainer = GradInitTrainer(
-        model=model, args=args, train_dataset=seq2seq_examples(24), callbacks=[start]
+        model=model, args=args, train_dataset=seq2seq_examples(24), callbacks=[start, spy]
     )
     trainer.train()
     result = trainer.gradinit_result
@@ -198,6 +218,7 @@ def test_training_starts_from_the_scaled_init_and_saves_it(tmp_path, factory):
     assert entries[-1]["gradinit/runtime_s"] == pytest.approx(result.runtime_s)
     first_train = next(i for i, e in enumerate(history) if "loss" in e)
     assert history.index(entries[-1]) < first_train
+    assert len(_gradinit_entries(spy.logs)) == len(entries)  # reporters got them too
 
     # Scales file in the checkpoint and in output_dir; config.gradinit; reload is exact.
     trainer.save_model()
