@@ -656,6 +656,7 @@ class GradInitTrainer(Seq2SeqTrainer):
             datasets=summary.dataset_tags,
             tags=tags_out,
             base_model=base,
+            pipeline_tag=summary.tasks if isinstance(summary.tasks, str) else None,
             training_hyperparameters=summary.hyperparameters,
             training_results=summary.eval_lines,
             eval_results=summary.eval_results,

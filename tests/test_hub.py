@@ -203,7 +203,7 @@ def test_trainer_push_to_hub_sends_card_config_weights_and_scales(tmp_path, hub)
     assert {SCALES_FILE, PLOT_FILE, "README.md", "config.json"} <= set(checkpoint_push)
     assert "gradinit" in json.loads(checkpoint_push["config.json"])
 
-    trainer.push_to_hub(language=["de", "en"], dataset="toy pairs")
+    trainer.push_to_hub(language=["de", "en"], dataset="toy pairs", tasks="translation")
     files = hub["uploads"][-1]["files"]
     for name in ["config.json", "model.safetensors", "tokenizer.json", SCALES_FILE, PLOT_FILE]:
         assert name in files, name
@@ -212,7 +212,7 @@ def test_trainer_push_to_hub_sends_card_config_weights_and_scales(tmp_path, hub)
     assert json.loads(files[SCALES_FILE])["scales"] == result.scales
     assert json.loads(files["config.json"])["gradinit"]["settings"] == result.config.to_dict()
     card = _card_checks(files["README.md"].decode(), result)
-    assert card.data.language == ["de", "en"]
+    assert card.data.language == ["de", "en"] and card.data.pipeline_tag == "translation"
     assert "trained with `hf_gradinit.GradInitTrainer`" in card.text
     assert "fine-tuned version" not in card.text and "the toy pairs dataset" in card.text
     assert "someone/tiny-marian" in hub["repos"]

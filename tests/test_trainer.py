@@ -330,7 +330,9 @@ def test_run_gradinit_uses_gradinit_batch_size_and_logging_steps(tmp_path, monke
     monkeypatch.setattr(trainer_module, "compute_gradinit_scales", spy)
     args = _args(tmp_path, gradinit_iterations=5, gradinit_batch_size=4, gradinit_logging_steps=2)
     trainer = GradInitTrainer(model=tiny_bart(), args=args, train_dataset=seq2seq_examples(24))
+    rng = torch.get_rng_state()
     result = trainer.run_gradinit()
+    assert torch.equal(torch.get_rng_state(), rng)  # training's random streams are untouched
     assert sizes[:5] == [4] * 5
     assert trainer._train_batch_size == 6  # the training batch size is left alone
     trainer.train()  # the model is initialized: train() only logs what run_gradinit did
