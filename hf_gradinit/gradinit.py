@@ -324,6 +324,12 @@ def _model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    """'cpu' and 'cpu:0' (or 'cuda' and 'cuda:0') are the same place."""
+    a, b = torch.device(a), torch.device(b)
+    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
+
+
 def _check_model(model: nn.Module, accelerator: Any) -> None:
     params = list(model.parameters())
     if any(p.is_meta for p in params):
@@ -362,7 +368,9 @@ class _Reducer:
         if self.world == 1:
             return
         flat = torch.cat([t.reshape(-1) for t in tensors])
-        flat = self.accelerator.reduce(flat, reduction="mean")
+        from accelerate.utils import reduce  # works with an Accelerator or a PartialState
+
+        flat = reduce(flat, reduction="mean")
         offset = 0
         for t in tensors:
             t.copy_(flat[offset : offset + t.numel()].view_as(t))
@@ -386,7 +394,7 @@ class ScaledModel:
         named = dict(model.named_parameters())
         self.trainable = [n for n, p in named.items() if p.requires_grad]
         self.num_trainable = sum(named[n].numel() for n in self.trainable)
-        if any(t.device != device for t in [*model.parameters(), *model.buffers()]):
+        if any(not _same_device(t.device, device) for t in [*model.parameters(), *model.buffers()]):
             raise GradInitError(
                 f"The model is on {_model_device(model)} but GradInit runs on {device}; move "
                 "it first (`model.to(accelerator.device)`); apply_gradinit does this for you."

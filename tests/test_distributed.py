@@ -1,0 +1,66 @@
+"""Several processes learn one set of scales, equal to a single process on the same data."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import seq2seq_examples, tiny_marian
+from transformers import default_data_collator
+
+from hf_gradinit import GradInitConfig, compute_gradinit_scales
+
+SCRIPT = Path(__file__).parent / "scripts" / "distributed_gradinit.py"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_agree_with_each_other_and_with_one_process(tmp_path):
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_addr=127.0.0.1",
+        f"--master_port={_free_port()}",
+        str(SCRIPT),
+        str(tmp_path),
+    ]
+    env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", **_python_env()}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"scales-rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world_size"] for r in ranks] == [2, 2]  # really two processes
+    assert [r["num_processes"] for r in ranks] == [2, 2]
+    assert ranks[0]["scales"] == ranks[1]["scales"]  # bit-identical across ranks
+    assert "constraint" in ranks[0]["branches"]  # the norm branch was reduced too
+
+    # One process over the same global batches (fixed lengths: mean of means == mean).
+    torch.manual_seed(0)
+    model = tiny_marian()
+    batches = [default_data_collator(seq2seq_examples(12, seed=i)) for i in range(3)]
+    config = GradInitConfig(iterations=6, scale_lr=2e-2, overlap=1.0, gamma=0.9)
+    single = compute_gradinit_scales(model, batches, config, show_progress=False)
+    assert [h["branch"] for h in single.history] == ranks[0]["branches"]
+    for name, value in single.scales.items():
+        assert ranks[0]["scales"][name] == pytest.approx(value, rel=1e-4, abs=1e-6), name
+
+
+def _python_env() -> dict[str, str]:
+    import os
+
+    keep = ("HOME", "PYTHONPATH", "VIRTUAL_ENV", "LANG", "HF_HOME", "TMPDIR")
+    env = {k: os.environ[k] for k in keep if k in os.environ}
+    env["PATH"] = os.path.dirname(sys.executable) + ":" + os.environ.get("PATH", "")
+    env["HF_HUB_OFFLINE"] = "1"
+    return env
