@@ -280,7 +280,7 @@ def run_init(a: InitArguments, g: GradInitArguments) -> Path:
     from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding
 
     from .gradinit import apply_gradinit
-    from .hub import save_initialized_checkpoint, unsaved_parameters_frozen
+    from .hub import save_initialized_checkpoint
 
     if a.learning_rate is None and g.gradinit_eta is None:
         raise CliError("Give --learning_rate (the one you will train with) or --gradinit_eta.")
@@ -308,15 +308,14 @@ def run_init(a: InitArguments, g: GradInitArguments) -> Path:
         collator = DataCollatorWithPadding(tokenizer)
         language = None
     config = g.to_gradinit_config(learning_rate=a.learning_rate, optim=a.optim, seed=a.seed)
-    with unsaved_parameters_frozen(model):
-        result = apply_gradinit(
-            model,
-            features,
-            config,
-            data_collator=collator,
-            batch_size=g.gradinit_batch_size or DEFAULT_BATCH_SIZE,
-            accelerator=PartialState(cpu=a.use_cpu),
-        )
+    result = apply_gradinit(
+        model,
+        features,
+        config,
+        data_collator=collator,
+        batch_size=g.gradinit_batch_size or DEFAULT_BATCH_SIZE,
+        accelerator=PartialState(cpu=a.use_cpu),
+    )
     summary = result.summary()
     print(
         f"GradInit: {summary['num_scales']} scales in [{summary['scale_min']:.4g}, "

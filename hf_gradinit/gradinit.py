@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import math
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -66,14 +67,17 @@ def find_scaled_tensors(model: nn.Module) -> list[ScaledTensor]:
 
     No module or name list: any architecture works. Tied tensors appear once (under the
     name ``named_parameters()`` gives them) with their other names as aliases. Zero tensors
-    (most biases at init) are left out, since a scale cannot move them.
+    (most biases at init) are left out, since a scale cannot move them, and so are tensors
+    the model does not save (``_keys_to_ignore_on_save``, e.g. Marian's sinusoidal
+    positions, trainable after ``from_pretrained``): a scale on them would be lost on reload.
     """
+    unsaved = [re.compile(p) for p in getattr(model, "_keys_to_ignore_on_save", None) or []]
     aliases: dict[int, list[str]] = {}
     for name, p in model.named_parameters(remove_duplicate=False):
         aliases.setdefault(id(p), []).append(name)
     found = []
     for name, p in model.named_parameters():
-        if not p.requires_grad or p.is_meta:
+        if not p.requires_grad or p.is_meta or any(u.search(name) for u in unsaved):
             continue
         with torch.no_grad():
             if not torch.any(p != 0):
@@ -330,7 +334,7 @@ def _same_device(a: torch.device, b: torch.device) -> bool:
     return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
 
 
-def _check_model(model: nn.Module, accelerator: Any) -> None:
+def _check_model(model: nn.Module) -> None:
     params = list(model.parameters())
     if any(p.is_meta for p in params):
         raise GradInitError(
@@ -339,12 +343,9 @@ def _check_model(model: nn.Module, accelerator: Any) -> None:
         )
     if not any(p.requires_grad for p in params):
         raise GradInitError("The model has no trainable parameters: nothing for GradInit to scale.")
-    dist_type = str(getattr(accelerator, "distributed_type", ""))
-    if (
-        "FSDP" in dist_type
-        or "DEEPSPEED" in dist_type
-        or any(type(p).__name__ == "DTensor" for p in params)
-    ):
+    # Sharded parameters (FSDP2 DTensors, FSDP1 flat parameters, ZeRO-3 partitions) are
+    # not whole tensors here. Before wrapping (where GradInitTrainer runs it) they are.
+    if any(type(p).__name__ in ("DTensor", "FlatParameter") or hasattr(p, "ds_id") for p in params):
         raise GradInitError(
             "GradInit needs every full parameter tensor on each process and does not run on "
             "FSDP/DeepSpeed-sharded models. Run it before sharding (e.g. `hf-gradinit init` "
@@ -486,7 +487,7 @@ def compute_gradinit_scales(
     receives each iteration's record.
     """
     config = config or GradInitConfig()
-    _check_model(model, accelerator)
+    _check_model(model)
     device = accelerator.device if accelerator is not None else _model_device(model)
     is_main = getattr(accelerator, "is_local_main_process", True) if accelerator else True
     reducer = _Reducer(accelerator)
@@ -784,7 +785,7 @@ def apply_gradinit(
 
         accelerator = PartialState()
     config = config or GradInitConfig()
-    _check_model(model, accelerator)
+    _check_model(model)
     loader = make_dataloader(
         model, data, batch_size=batch_size, data_collator=data_collator, seed=config.seed
     )

@@ -16,13 +16,12 @@ been initialized, not trained; ``GradInitTrainer`` writes the same files when it
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
 import os
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -97,37 +96,6 @@ def record_in_config(model: Any, result: GradInitResult) -> None:
     config = getattr(model, "config", None)
     if config is not None:
         setattr(config, CONFIG_KEY, gradinit_config_entry(result))
-
-
-def unsaved_parameter_names(model: Any) -> list[str]:
-    """Trainable parameters that ``save_pretrained`` leaves out (``_keys_to_ignore_on_save``).
-
-    They are rebuilt on load (e.g. Marian's sinusoidal positions, which ``from_pretrained``
-    leaves trainable in transformers 5.x), so a scale on them would not survive the checkpoint.
-    """
-    patterns = getattr(model, "_keys_to_ignore_on_save", None) or []
-    return [
-        name
-        for name, p in model.named_parameters()
-        if p.requires_grad and any(re.search(pattern, name) for pattern in patterns)
-    ]
-
-
-@contextlib.contextmanager
-def unsaved_parameters_frozen(model: Any) -> Iterator[list[str]]:
-    """Freeze :func:`unsaved_parameter_names` while GradInit runs (so they get no scale and
-    the saved checkpoint reloads to exactly the initialized weights); restored afterwards."""
-    params = dict(model.named_parameters())
-    names = unsaved_parameter_names(model)
-    for name in names:
-        params[name].requires_grad_(False)
-    if names:
-        logger.info("GradInit leaves out %s: save_pretrained does not save them.", names)
-    try:
-        yield names
-    finally:
-        for name in names:
-            params[name].requires_grad_(True)
 
 
 def is_initialized(model: Any) -> bool:

@@ -488,7 +488,7 @@ class GradInitTrainer(Seq2SeqTrainer):
             config.eta,
         )
         try:
-            with _rng_preserved(), hub.unsaved_parameters_frozen(model):
+            with _rng_preserved():
                 result = compute_gradinit_scales(
                     model,
                     loader,

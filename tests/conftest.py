@@ -149,6 +149,15 @@ def assert_same_weights(model: torch.nn.Module, saved: dict[str, torch.Tensor]) 
         torch.testing.assert_close(now[n], t, rtol=0, atol=0, equal_nan=True, msg=f"{n} changed")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """Tiny models run many times faster with one thread than with oversubscribed cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -257,3 +257,15 @@ def test_apply_scales_checks_everything_first():
     assert_same_weights(model, before)
     apply_scales(model, {"lm_head.weight": 2.0})  # an alias scales the shared tensor once
     assert torch.equal(model.model.shared.weight, before["model.shared.weight"] * 2.0)
+
+
+def test_tensors_the_model_does_not_save_get_no_scale(tmp_path):
+    from transformers import MarianMTModel
+
+    tiny_marian().save_pretrained(tmp_path)
+    reloaded = MarianMTModel.from_pretrained(tmp_path)
+    positions = "model.encoder.embed_positions.weight"
+    assert dict(reloaded.named_parameters())[positions].requires_grad  # trainable after reload
+    names = {s.name for s in find_scaled_tensors(reloaded)}
+    assert positions not in names
+    assert "model.encoder.layers.0.fc1.weight" in names

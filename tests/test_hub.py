@@ -40,14 +40,6 @@ from hf_gradinit.cli import main
 from hf_gradinit.hub import PLOT_FILE, SCALES_FILE, is_initialized, scales_table
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def hub(monkeypatch):
     """Patches HfApi's HTTP calls; records each upload as {path in repo: bytes}."""

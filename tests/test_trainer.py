@@ -46,15 +46,6 @@ COMMON = dict(
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The 2 shared cores run faster with one thread per process for these tiny models."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _args(tmp_path, **overrides) -> GradInitTrainingArguments:
     kwargs = {**COMMON, "output_dir": str(tmp_path / "out"), "max_steps": 2}
     kwargs.setdefault("gradinit_iterations", 3)
