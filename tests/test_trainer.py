@@ -251,6 +251,9 @@ def test_resume_restores_the_checkpoint_and_does_not_run_gradinit(tmp_path, monk
     assert len(_gradinit_entries(resumed.state.log_history)) == logged_before  # none new
     assert resumed.gradinit_result.scales == first.gradinit_result.scales  # record kept
     assert resumed.model.config.gradinit == first.model.config.gradinit
+    resumed.save_model()  # the scales file survives the interruption and the resume
+    survived = load_gradinit_result(os.path.join(resumed.args.output_dir, "gradinit_scales.json"))
+    assert survived.scales == first.gradinit_result.scales
 
 
 def test_second_train_call_does_not_rerun_gradinit(tmp_path, monkeypatch):
