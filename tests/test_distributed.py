@@ -36,7 +36,7 @@ def test_two_processes_agree_with_each_other_and_with_one_process(tmp_path):
         str(SCRIPT),
         str(tmp_path),
     ]
-    env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", **_python_env()}
+    env = {"OMP_NUM_THREADS": "1", **_python_env()}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"scales-rank{r}.json").read_text()) for r in (0, 1)]
@@ -54,6 +54,30 @@ def test_two_processes_agree_with_each_other_and_with_one_process(tmp_path):
     assert [h["branch"] for h in single.history] == ranks[0]["branches"]
     for name, value in single.scales.items():
         assert ranks[0]["scales"][name] == pytest.approx(value, rel=1e-4, abs=1e-6), name
+
+
+@pytest.mark.slow
+def test_trainer_on_two_processes_learns_one_set_of_scales_and_writes_once(tmp_path):
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_addr=127.0.0.1",
+        f"--master_port={_free_port()}",
+        str(SCRIPT),
+        str(tmp_path),
+        "trainer",
+    ]
+    env = {"OMP_NUM_THREADS": "1", **_python_env()}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"trainer-rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world_size"] for r in ranks] == [2, 2]
+    assert ranks[0]["scales"] == ranks[1]["scales"]
+    assert len(ranks[0]["writes"]) >= 1  # the main process wrote the scales file
+    assert ranks[1]["writes"] == []  # the other did not
+    assert (tmp_path / "run" / "gradinit_scales.json").exists()
 
 
 def _python_env() -> dict[str, str]:

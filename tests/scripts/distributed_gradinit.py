@@ -1,7 +1,9 @@
 """Run GradInit on each process of a torch.distributed job (launched by the tests).
 
-Each rank takes its own half of every global batch; the scales each rank ends with are
-written to <out>/scales-rank<R>.json with the world size it really ran with.
+``core`` mode: each rank takes its own half of every global batch; the scales each rank
+ends with are written to <out>/scales-rank<R>.json with the world size it really ran with.
+``trainer`` mode: GradInitTrainer trains and saves; each rank records its scales and how
+often it wrote GradInit files, to <out>/trainer-rank<R>.json.
 """
 
 import json
@@ -40,5 +42,46 @@ def main(out: str) -> None:
     Path(out, f"scales-rank{state.process_index}.json").write_text(json.dumps(record))
 
 
+def trainer_main(out: str) -> None:
+    import hf_gradinit.hub as hub
+    from hf_gradinit import GradInitTrainer, GradInitTrainingArguments
+
+    writes = []
+    real_write = hub.write_gradinit_files
+
+    def counting_write(*args, **kwargs):
+        writes.append(str(args[0]))
+        return real_write(*args, **kwargs)
+
+    hub.write_gradinit_files = counting_write
+    torch.manual_seed(0)
+    args = GradInitTrainingArguments(
+        output_dir=str(Path(out, "run")),
+        use_cpu=True,
+        report_to="none",
+        disable_tqdm=True,
+        per_device_train_batch_size=6,
+        max_steps=2,
+        learning_rate=1e-3,
+        gradinit_iterations=3,
+        save_strategy="no",
+        seed=0,
+    )
+    trainer = GradInitTrainer(
+        model=tiny_marian(),
+        args=args,
+        train_dataset=seq2seq_examples(48),
+        data_collator=default_data_collator,
+    )
+    trainer.train()
+    trainer.save_model()
+    record = {
+        "world_size": torch.distributed.get_world_size(),
+        "scales": trainer.gradinit_result.scales,
+        "writes": writes,
+    }
+    Path(out, f"trainer-rank{args.process_index}.json").write_text(json.dumps(record))
+
+
 if __name__ == "__main__":
-    main(sys.argv[1])
+    (trainer_main if sys.argv[2:] == ["trainer"] else main)(sys.argv[1])
