@@ -1,0 +1,422 @@
+"""examples/translation/run.py end to end, on tiny models and data slices (no network)."""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import datasets
+import pytest
+import torch
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "translation"
+RUN = EXAMPLE / "run.py"
+
+# A model and a run that take seconds: GradInit and training run, but learn nothing.
+TINY = [
+    "--model_size", "tiny",
+    "--vocab_size", "160",
+    "--max_source_length", "24",
+    "--max_target_length", "24",
+    "--max_steps", "3",
+    "--gradinit_iterations", "2",
+    "--per_device_train_batch_size", "8",
+    "--per_device_eval_batch_size", "8",
+    "--generation_max_length", "10",
+    "--logging_steps", "1",
+    "--disable_tqdm", "true",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def run():
+    spec = importlib.util.spec_from_file_location("translation_run", RUN)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop(spec.name, None)
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    if path.name.endswith(".gz"):
+        with gzip.open(path, "wt", encoding="utf-8") as f:
+            f.write(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    return path
+
+
+def fr_en_pairs(n: int) -> list[tuple[str, str]]:
+    nouns = [("le chat", "the cat"), ("le chien", "the dog"), ("la maison", "the house")]
+    adjectives = [("noir", "black"), ("petit", "small"), ("rouge", "red"), ("vieux", "old")]
+    verbs = [("dort", "sleeps"), ("mange", "eats"), ("attend", "waits")]
+    pairs = []
+    for i in range(n):
+        (fn, en), (fa, ea), (fv, ev) = (
+            nouns[i % 3],
+            adjectives[(i // 3) % 4],
+            verbs[(i // 12) % 3],
+        )
+        pairs.append((f"{fn} {fa} {fv} {i}.", f"{en.replace('the ', 'the ' + ea + ' ')} {ev} {i}."))
+    return pairs
+
+
+def translation_rows(pairs, src="fr", tgt="en"):
+    return [{"translation": {src: s, tgt: t}} for s, t in pairs]
+
+
+def read_results(output_dir: Path) -> dict:
+    return json.loads((output_dir / "all_results.json").read_text())
+
+
+def lines(path: Path) -> list[str]:
+    return path.read_text(encoding="utf-8").splitlines()
+
+
+# --------------------------------------------------------------------------------------
+# End to end
+# --------------------------------------------------------------------------------------
+
+
+def test_end_to_end_on_the_shipped_corpus(run, tmp_path):
+    out = tmp_path / "out"
+    args = [
+        *TINY,
+        "--output_dir", str(out),
+        "--cache_dir", str(tmp_path / "cache"),
+        "--max_train_samples", "96",
+        "--max_eval_samples", "6",
+        "--max_predict_samples", "5",
+    ]  # fmt: skip
+    returned = run.main(args)
+
+    results = read_results(out)
+    assert returned == results
+    for key in ("eval_bleu", "test_bleu", "train_loss", "gradinit_runtime_s"):
+        assert isinstance(results[key], float), key
+    assert results["eval_samples"] == 6 and results["test_samples"] == 5
+    assert results["gradinit_iterations"] == 2
+    assert results["test_bleu_signature"].startswith("nrefs:1|case:mixed")
+    assert len(lines(out / "validation_predictions.txt")) == 6
+    assert len(lines(out / "test_predictions.txt")) == 5
+    assert (out / "gradinit_scales.json").is_file()
+
+    model = AutoModelForSeq2SeqLM.from_pretrained(out)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    config = model.config
+    assert config.model_type == "marian"
+    assert config.activation_function == "relu" and config.scale_embedding
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    assert config.gradinit["summary"]["iterations"] == 2  # the GradInit record travels
+    assert (tokenizer.pad_token_id, tokenizer.eos_token_id) == (0, 1)
+    batch = tokenizer(["Wählen Sie Extras - Optionen."], return_tensors="pt")
+    generated = model.generate(**batch, max_new_tokens=5)
+    assert generated.shape[0] == 1 and generated.shape[1] >= 2
+    assert isinstance(tokenizer.decode(generated[0], skip_special_tokens=True), str)
+
+
+def test_runs_under_accelerate_launch(tmp_path):
+    launcher = shutil.which("accelerate")
+    command = [launcher] if launcher else [sys.executable, "-m", "accelerate.commands.launch"]
+    out = tmp_path / "out"
+    command += [
+        "launch", "--cpu", "--num_processes", "1", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no",
+        str(RUN),
+        *TINY,
+        "--output_dir", str(out),
+        "--cache_dir", str(tmp_path / "cache"),
+        "--max_train_samples", "64",
+        "--max_eval_samples", "4",
+        "--max_predict_samples", "4",
+    ]  # fmt: skip
+    if not launcher:
+        command.remove("launch")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = read_results(out)
+    assert "eval_bleu" in results and "test_bleu" in results
+    assert "BLEU: validation" in proc.stdout + proc.stderr
+
+
+def test_other_language_codes_and_layouts(run, tmp_path):
+    """fr->en; translation-style train file, flat {"fr", "en"} validation file (.jsonl.gz),
+    no test file."""
+    pairs = fr_en_pairs(60)
+    train = write_jsonl(tmp_path / "train.jsonl", translation_rows(pairs[:48]))
+    flat = [{"fr": s, "en": t} for s, t in pairs[48:]]
+    valid = write_jsonl(tmp_path / "valid.jsonl.gz", flat)
+    out = tmp_path / "out"
+    run.main(
+        [
+            *TINY,
+            "--output_dir",
+            str(out),
+            "--cache_dir",
+            str(tmp_path / "cache"),
+            "--train_file",
+            str(train),
+            "--validation_file",
+            str(valid),
+            "--source_lang",
+            "fr",
+            "--target_lang",
+            "en",
+        ]  # fmt: skip
+    )
+    results = read_results(out)
+    assert results["eval_samples"] == 12 and "eval_bleu" in results
+    assert "test_bleu" not in results  # no test file: no test scores
+    assert len(lines(out / "validation_predictions.txt")) == 12
+
+
+def test_dataset_name_goes_through_load_dataset(run, tmp_path, monkeypatch):
+    features = datasets.Features({"translation": datasets.Translation(languages=["de", "en"])})
+
+    def split(n, offset):
+        rows = [
+            {"de": f"Hallo Welt {i}", "en": f"Hello world {i}"} for i in range(offset, offset + n)
+        ]
+        return datasets.Dataset.from_dict({"translation": rows}, features=features)
+
+    calls = []
+
+    def fake_load_dataset(name, config=None, **kwargs):
+        calls.append((name, config, kwargs))
+        return datasets.DatasetDict(
+            {"train": split(40, 0), "validation": split(5, 100), "test": split(4, 200)}
+        )
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    out = tmp_path / "out"
+    run.main(
+        [
+            *TINY,
+            "--output_dir",
+            str(out),
+            "--dataset_name",
+            "someone/iwslt-like",
+            "--dataset_config_name",
+            "de-en",
+        ]  # fmt: skip
+    )
+    assert [(name, config) for name, config, _ in calls] == [("someone/iwslt-like", "de-en")]
+    results = read_results(out)
+    assert results["eval_samples"] == 5 and results["test_samples"] == 4
+
+
+@pytest.mark.parametrize("model_type", ["bart", "fsmt"])
+def test_other_model_types_train_and_translate(run, tmp_path, model_type):
+    pairs = fr_en_pairs(40)
+    train = write_jsonl(tmp_path / "train.jsonl", translation_rows(pairs[:32]))
+    test = write_jsonl(tmp_path / "test.jsonl", translation_rows(pairs[32:]))
+    out = tmp_path / "out"
+    run.main(
+        [
+            *TINY,
+            "--model_type",
+            model_type,
+            "--output_dir",
+            str(out),
+            "--cache_dir",
+            str(tmp_path / "cache"),
+            "--train_file",
+            str(train),
+            "--validation_file",
+            str(test),
+            "--test_file",
+            str(test),
+            "--source_lang",
+            "fr",
+            "--target_lang",
+            "en",
+        ]  # fmt: skip
+    )
+    results = read_results(out)
+    assert "eval_bleu" in results and "test_bleu" in results
+    model = AutoModelForSeq2SeqLM.from_pretrained(out)
+    assert model.config.model_type == model_type
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    generated = model.generate(**tokenizer(["le chat dort"], return_tensors="pt"), max_new_tokens=4)
+    assert generated.shape[0] == 1
+
+
+# --------------------------------------------------------------------------------------
+# Clear errors
+# --------------------------------------------------------------------------------------
+
+
+def _bad_data_args(tmp_path, train: Path, *extra: str) -> list[str]:
+    good = write_jsonl(tmp_path / "good.jsonl", translation_rows(fr_en_pairs(8)))
+    return [
+        *TINY,
+        "--output_dir", str(tmp_path / "out"),
+        "--cache_dir", str(tmp_path / "cache"),
+        "--train_file", str(train),
+        "--validation_file", str(good),
+        "--source_lang", "fr",
+        "--target_lang", "en",
+        *extra,
+    ]  # fmt: skip
+
+
+def test_missing_language_key_is_named(run, tmp_path):
+    rows = translation_rows(fr_en_pairs(8), src="de", tgt="en")
+    train = write_jsonl(tmp_path / "train.jsonl", rows)
+    with pytest.raises(ValueError, match=r"no 'fr' translations.*\['de', 'en'\].*--source_lang"):
+        run.main(_bad_data_args(tmp_path, train))
+
+
+def test_empty_data_file(run, tmp_path):
+    train = tmp_path / "train.jsonl"
+    train.write_text("")
+    with pytest.raises(ValueError, match=r"train file .*train\.jsonl is empty"):
+        run.main(_bad_data_args(tmp_path, train))
+
+
+def test_malformed_data_file(run, tmp_path):
+    train = tmp_path / "train.jsonl"
+    train.write_text('{"translation": {"fr": "bonjour", "en": "hello"}}\nthis is not json\n')
+    with pytest.raises(ValueError, match=r"Could not read the train file .* as JSON lines"):
+        run.main(_bad_data_args(tmp_path, train))
+
+
+def test_missing_file_and_wrong_format(run, tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        run.main(_bad_data_args(tmp_path, tmp_path / "nope.jsonl"))
+    csv = tmp_path / "train.csv"
+    csv.write_text("fr,en\nbonjour,hello\n")
+    with pytest.raises(ValueError, match="is not JSON lines"):
+        run.main(_bad_data_args(tmp_path, csv))
+
+
+def test_unknown_model_type(run, tmp_path):
+    with pytest.raises(ValueError, match=r"Unknown --model_type 'gpt2'.*marian, bart, fsmt"):
+        run.main(["--model_type", "gpt2", "--output_dir", str(tmp_path)])
+
+
+def test_user_errors_exit_cleanly_from_the_command_line(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, str(RUN), "--model_type", "t9", "--output_dir", str(tmp_path)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode != 0
+    assert "Unknown --model_type 't9'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+# --------------------------------------------------------------------------------------
+# Pieces
+# --------------------------------------------------------------------------------------
+
+
+def test_presets_parse(run, tmp_path):
+    presets = sorted((EXAMPLE / "presets").glob("*.*"))
+    assert any(p.name == "iwslt14_gpu.json" for p in presets)
+    for preset in presets:
+        model_args, data_args, training_args = run.parse_args(
+            [str(preset), "--output_dir", str(tmp_path)]
+        )
+        assert training_args.output_dir == str(tmp_path)  # the command line wins
+        assert training_args.warmup_steps == 0 and training_args.gradinit
+    model_args, data_args, training_args = run.parse_args(
+        [str(EXAMPLE / "presets" / "iwslt14_gpu.json")]
+    )
+    size = model_args.size()
+    assert size == dict(
+        d_model=512, encoder_layers=6, decoder_layers=6, ffn_dim=1024, attention_heads=4
+    )
+    assert model_args.dropout == 0.3 and training_args.label_smoothing_factor == 0.1
+    assert training_args.learning_rate == 5e-4
+    assert (training_args.adam_beta1, training_args.adam_beta2) == (0.9, 0.98)
+    assert training_args.generation_num_beams == 5
+
+
+def test_defaults_are_the_cpu_recipe(run, tmp_path):
+    model_args, data_args, training_args = run.parse_args([])
+    assert training_args.warmup_steps == 0 and training_args.gradinit
+    assert training_args.do_train and training_args.do_eval and training_args.do_predict
+    assert training_args.predict_with_generate
+    assert Path(data_args.train_file) == EXAMPLE / "data" / "train.jsonl.gz"
+    assert (data_args.source_lang, data_args.target_lang) == ("de", "en")
+    assert model_args.model_type == "marian" and model_args.tokenizer_name is None
+    _, _, off = run.parse_args(["--no_gradinit", "--output_dir", str(tmp_path)])
+    assert off.gradinit is False
+
+
+def test_collator_builds_decoder_inputs_from_a_copy(run):
+    class Tok:
+        pad_token_id = 0
+        padding_side = "right"
+
+        def pad(self, features, **kwargs):  # what DataCollatorForSeq2Seq calls
+            width = max(len(f["input_ids"]) for f in features)
+            ids = [f["input_ids"] + [0] * (width - len(f["input_ids"])) for f in features]
+            out = {"input_ids": torch.tensor(ids)}
+            if "labels" in features[0]:
+                out["labels"] = torch.tensor([f["labels"] for f in features])
+            return out
+
+    collator = run.Seq2SeqCollator(Tok(), decoder_start_token_id=5)
+    batch = collator(
+        [{"input_ids": [7, 8, 1], "labels": [9, 1]}, {"input_ids": [7, 1], "labels": [4, 6, 1]}]
+    )
+    assert batch["labels"].tolist() == [[9, 1, -100], [4, 6, 1]]  # padding stays out of the loss
+    assert batch["decoder_input_ids"].tolist() == [[5, 9, 1], [5, 4, 6]]
+
+
+def test_trained_tokenizer_round_trips(run):
+    texts = [
+        "Wählen Sie Extras - Optionen - LibreOffice Calc - Ansicht.",
+        "Choose Tools - Options - LibreOffice Calc - View.",
+        "=NPV(8.75%;A1:A3) gives 1,234.5",
+    ] * 20
+    tokenizer = run.train_tokenizer(iter(texts), vocab_size=150)
+    ids = tokenizer(texts[0])["input_ids"]
+    assert ids[-1] == tokenizer.eos_token_id == 1
+    assert tokenizer.pad_token_id == 0 and tokenizer.unk_token_id == 2
+    for text in texts[:3]:
+        decoded = tokenizer.decode(tokenizer(text)["input_ids"], skip_special_tokens=True)
+        assert decoded == text
+
+
+def test_eval_split_unsorts(run):
+    split = run.EvalSplit("x", None, ["a", "b", "c"], ["A", "B", "C"], order=[2, 0, 1])
+    assert split.sorted_references() == ["C", "A", "B"]
+    assert split.unsort(["c!", "a!", "b!"]) == ["a!", "b!", "c!"]
+
+
+def test_length_buckets_cover_everything_once_in_whole_batches(run):
+    torch.manual_seed(0)
+    lengths = [(i * 37) % 23 + 1 for i in range(103)]
+    sampler = run.LengthBucketSampler(lengths, batch_size=8, bucket_batches=3)
+    order = list(sampler)
+    assert sorted(order) == list(range(103)) and len(sampler) == 103
+    batches = [order[i : i + 8] for i in range(0, 103, 8)]
+    assert all(len(b) == 8 for b in batches[:-1]) and len(batches[-1]) == 103 % 8
+    for batch in batches:  # sorted inside the batch: it came from one sorted bucket
+        assert [lengths[i] for i in batch] == sorted(lengths[i] for i in batch)
+
+    def spread(batches):
+        return sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches)
+
+    random_order = torch.randperm(103).tolist()
+    random_batches = [random_order[i : i + 8] for i in range(0, 103, 8)]
+    assert spread(batches) < 0.5 * spread(random_batches)  # far less padding
+    assert list(sampler) != order  # a new order every epoch
