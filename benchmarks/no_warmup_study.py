@@ -452,15 +452,19 @@ def plot_losses(results: list[dict], args, path: Path) -> None:
             ax.set_xlabel("step", fontsize=8)
             ax.set_ylabel("train loss (smoothed)", fontsize=8)
             ax.tick_params(labelsize=7)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    uniq = dict(zip(labels, handles))
-    fig.legend(uniq.values(), uniq.keys(), loc="lower center", ncol=6, fontsize=7)
+    uniq = {}
+    for ax in axes.flat:
+        for handle, lab in zip(*ax.get_legend_handles_labels()):
+            uniq.setdefault(lab, handle)
+        if not ax.lines[1:]:  # only the unigram line: this cell was not run
+            ax.text(0.5, 0.5, "not run", transform=ax.transAxes, ha="center", color="gray")
+    fig.legend(uniq.values(), uniq.keys(), loc="lower center", ncol=3, fontsize=7)
     fig.suptitle(
         "Post-LN Marian on LibreOffice help De-En: no warmup vs warmup vs GradInit "
         "(dashed: unigram loss = the stall)",
         fontsize=9,
     )
-    fig.tight_layout(rect=(0, 0.06, 1, 0.96))
+    fig.tight_layout(rect=(0, 0.1, 1, 0.96))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
