@@ -420,3 +420,58 @@ def test_length_buckets_cover_everything_once_in_whole_batches(run):
     random_batches = [random_order[i : i + 8] for i in range(0, 103, 8)]
     assert spread(batches) < 0.5 * spread(random_batches)  # far less padding
     assert list(sampler) != order  # a new order every epoch
+
+
+def test_initialize_only_and_push(run, tmp_path, monkeypatch):
+    """--do_train false: GradInit only; --push_to_hub uploads model, scales and card."""
+    import huggingface_hub
+
+    uploads = []
+
+    class Repo:
+        repo_id = "someone/marian-gradinit-init"
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", lambda self, *a, **k: Repo())
+
+    def fake_upload_folder(self, **kwargs):
+        uploads.append((kwargs["repo_id"], sorted(os.listdir(kwargs["folder_path"]))))
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", fake_upload_folder)
+    pairs = fr_en_pairs(24)
+    train = write_jsonl(tmp_path / "train.jsonl", translation_rows(pairs))
+    out = tmp_path / "out"
+    results = run.main(
+        [
+            *TINY,
+            "--output_dir",
+            str(out),
+            "--cache_dir",
+            str(tmp_path / "cache"),
+            "--train_file",
+            str(train),
+            "--source_lang",
+            "fr",
+            "--target_lang",
+            "en",
+            "--do_train",
+            "false",
+            "--do_eval",
+            "false",
+            "--do_predict",
+            "false",
+            "--push_to_hub",
+            "true",
+            "--hub_model_id",
+            "someone/marian-gradinit-init",
+        ]  # fmt: skip
+    )
+    assert results["gradinit_iterations"] == 2 and "train_loss" not in results
+    repo, files = uploads[-1]  # save_model pushes too (as in transformers' examples); last wins
+    assert repo == "someone/marian-gradinit-init"
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "gradinit_scales.json"):
+        assert name in files
+    assert "README.md" in files
+    card = (out / "README.md").read_text()
+    assert "GradInit" in card
+    model = AutoModelForSeq2SeqLM.from_pretrained(out)
+    assert model.config.gradinit["summary"]["iterations"] == 2
