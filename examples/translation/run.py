@@ -111,6 +111,7 @@ TRAINING_DEFAULTS: dict[str, Any] = dict(
     generation_max_length=64,
     generation_num_beams=1,
     gradinit_iterations=50,
+    gradinit_logging_steps=10,  # a GradInit log line per 10 iterations
     logging_steps=50,
     logging_first_step=True,
     eval_strategy="no",
