@@ -475,3 +475,12 @@ def test_initialize_only_and_push(run, tmp_path, monkeypatch):
     assert "GradInit" in card
     model = AutoModelForSeq2SeqLM.from_pretrained(out)
     assert model.config.gradinit["summary"]["iterations"] == 2
+
+
+def test_help_shows_the_script_defaults(run, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run.parse_args(["--help"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # undo the line wrapping
+    assert "--source_lang" in text and "--gradinit_iterations" in text
+    assert "(default: constant)" in text  # TRAINING_DEFAULTS, not TrainingArguments' own

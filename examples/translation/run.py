@@ -250,7 +250,9 @@ class DataTrainingArguments:
     )
     validation_file: str | None = field(
         default=None,
-        metadata={"help": "Like --train_file. Without it, 5% of train (at most 1000) is held out."},
+        metadata={
+            "help": "Like --train_file. Without it, 5%% of train (at most 1000) is held out."
+        },
     )
     test_file: str | None = field(
         default=None, metadata={"help": "Like --train_file. Without it, no test scores."}
