@@ -26,19 +26,7 @@ def _free_port() -> int:
 
 @pytest.mark.slow
 def test_two_processes_agree_with_each_other_and_with_one_process(tmp_path):
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        "--master_addr=127.0.0.1",
-        f"--master_port={_free_port()}",
-        str(SCRIPT),
-        str(tmp_path),
-    ]
-    env = {"OMP_NUM_THREADS": "1", **_python_env()}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    _launch_two_processes(tmp_path)
     ranks = [json.loads((tmp_path / f"scales-rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["world_size"] for r in ranks] == [2, 2]  # really two processes
     assert [r["num_processes"] for r in ranks] == [2, 2]
@@ -58,6 +46,17 @@ def test_two_processes_agree_with_each_other_and_with_one_process(tmp_path):
 
 @pytest.mark.slow
 def test_trainer_on_two_processes_learns_one_set_of_scales_and_writes_once(tmp_path):
+    _launch_two_processes(tmp_path, "trainer")
+    ranks = [json.loads((tmp_path / f"trainer-rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world_size"] for r in ranks] == [2, 2]
+    assert ranks[0]["scales"] == ranks[1]["scales"]
+    assert len(ranks[0]["writes"]) >= 1  # the main process wrote the scales file
+    assert ranks[1]["writes"] == []  # the other did not
+    assert (tmp_path / "run" / "gradinit_scales.json").exists()
+
+
+def _launch_two_processes(out, *mode: str) -> None:
+    """Run the worker script on 2 gloo processes under torchrun; fail with its stderr."""
     cmd = [
         sys.executable,
         "-m",
@@ -66,18 +65,12 @@ def test_trainer_on_two_processes_learns_one_set_of_scales_and_writes_once(tmp_p
         "--master_addr=127.0.0.1",
         f"--master_port={_free_port()}",
         str(SCRIPT),
-        str(tmp_path),
-        "trainer",
+        str(out),
+        *mode,
     ]
     env = {"OMP_NUM_THREADS": "1", **_python_env()}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    ranks = [json.loads((tmp_path / f"trainer-rank{r}.json").read_text()) for r in (0, 1)]
-    assert [r["world_size"] for r in ranks] == [2, 2]
-    assert ranks[0]["scales"] == ranks[1]["scales"]
-    assert len(ranks[0]["writes"]) >= 1  # the main process wrote the scales file
-    assert ranks[1]["writes"] == []  # the other did not
-    assert (tmp_path / "run" / "gradinit_scales.json").exists()
 
 
 def _python_env() -> dict[str, str]:
