@@ -9,7 +9,8 @@ What the trainer adds, and where (the fewest overrides that do it):
 * ``_inner_training_loop``: the one place where the model to train is final (after
   ``model_init``, hyperparameter-search setup and checkpoint loading) but not yet wrapped
   and without an optimizer. GradInit runs there on batches of the trainer's own training
-  pipeline (``get_train_dataloader()``: its collator, sampler and device placement). It is
+  pipeline (``get_train_dataloader()``: its collator, sampler and device placement; random
+  order instead of transformers' length grouping, see ``_gradinit_dataloader``). It is
   skipped when resuming from a checkpoint (whose weights are already initialized; its
   ``gradinit_scales.json`` is read back instead) and for a model that was already
   initialized (``config.gradinit`` set: a second ``train()`` call, or a checkpoint made by
@@ -37,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
-from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, TrainerCallback
+from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, Trainer, TrainerCallback
 
 from . import hub
 from .config import GradInitConfig, GradInitError
@@ -460,17 +461,36 @@ class GradInitTrainer(Seq2SeqTrainer):
 
     # ---- running GradInit -----------------------------------------------------------
 
+    def _groups_by_length_as_transformers(self) -> bool:
+        """True when training batches come from transformers' own ``LengthGroupedSampler``
+        (``train_sampling_strategy="group_by_length"`` and ``_get_train_sampler`` not
+        overridden by a subclass)."""
+        return (
+            self.args.train_sampling_strategy == "group_by_length"
+            and type(self)._get_train_sampler is Trainer._get_train_sampler
+        )
+
     def _gradinit_dataloader(self) -> Any:
-        """The trainer's own training loader, at gradinit_batch_size if that is set."""
+        """The trainer's own training loader, at gradinit_batch_size if that is set.
+
+        In uniformly random order where transformers would group by length: its
+        ``LengthGroupedSampler`` walks each chunk of up to 50 training batches from the
+        longest examples to the shortest (the longest of all first), so GradInit, which
+        often sees fewer examples than a chunk holds, would get only the longest ones: a
+        biased sample. A subclass's own ``_get_train_sampler`` is used as it is. Training
+        keeps its length grouping.
+        """
+        saved_strategy, saved_batch = self.args.train_sampling_strategy, self._train_batch_size
+        if self._groups_by_length_as_transformers():
+            self.args.train_sampling_strategy = "random"
         batch_size = getattr(self.args, "gradinit_batch_size", None)
-        if batch_size is None:
-            return self.get_train_dataloader()
-        saved = self._train_batch_size
-        self._train_batch_size = batch_size * max(1, self.args.n_gpu)
+        if batch_size is not None:
+            self._train_batch_size = batch_size * max(1, self.args.n_gpu)
         try:
             return self.get_train_dataloader()
         finally:
-            self._train_batch_size = saved
+            self.args.train_sampling_strategy = saved_strategy
+            self._train_batch_size = saved_batch
 
     def run_gradinit(self) -> GradInitResult:
         """Run GradInit on ``self.model`` now and apply the scales.

@@ -19,6 +19,7 @@ from transformers import (
     default_data_collator,
     set_seed,
 )
+from transformers.trainer_pt_utils import LengthGroupedSampler
 
 import hf_gradinit.trainer as trainer_module
 from hf_gradinit import (
@@ -334,6 +335,94 @@ def test_run_gradinit_uses_gradinit_batch_size_and_logging_steps(tmp_path, monke
     assert [e["gradinit/iteration"] for e in entries[:-1]] == [2, 4, 5]
     mean = sum(h["loss"] for h in result.history[:2]) / 2
     assert entries[0]["gradinit/loss"] == pytest.approx(mean)
+
+
+def _varied_length_examples(n: int) -> list[dict]:
+    """Sources of 2..40 tokens (each length about equally often); labels: the reversed source."""
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for i in range(n):
+        src = torch.randint(3, 64, (2 + (i * 17) % 39,), generator=g)
+        out.append({"input_ids": src, "labels": torch.flip(src, [0])})
+    return out
+
+
+def _pad_collator(seen: list[list[int]]):
+    """Pads each batch (labels with -100) and records its examples' lengths in ``seen``."""
+
+    def collate(features):
+        lengths = [len(f["input_ids"]) for f in features]
+        seen.append(lengths)
+        longest = max(lengths)
+        ids = torch.zeros(len(features), longest, dtype=torch.long)
+        labels = torch.full((len(features), longest), -100)
+        for row, f in enumerate(features):
+            ids[row, : len(f["input_ids"])] = f["input_ids"]
+            labels[row, : len(f["labels"])] = f["labels"]
+        return {"input_ids": ids, "attention_mask": (ids != 0).long(), "labels": labels}
+
+    return collate
+
+
+def test_gradinit_batches_are_random_not_the_longest_under_group_by_length(tmp_path, monkeypatch):
+    data = _varied_length_examples(240)
+    lengths = sorted(len(ex["input_ids"]) for ex in data)
+    gradinit_lengths = []
+    real = trainer_module.compute_gradinit_scales
+
+    def spy(model, batches, config, **kwargs):
+        def recorded():
+            for batch in batches:
+                gradinit_lengths.extend(batch["attention_mask"].sum(1).tolist())
+                yield batch
+
+        class Again:  # re-iterable, like a DataLoader
+            def __iter__(self):
+                return recorded()
+
+        return real(model, Again(), config, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "compute_gradinit_scales", spy)
+    collated: list[list[int]] = []
+    args = _args(
+        tmp_path,
+        train_sampling_strategy="group_by_length",
+        gradinit_iterations=4,
+        gradinit_batch_size=3,
+    )
+    trainer = GradInitTrainer(
+        model=tiny_marian(), args=args, train_dataset=data, data_collator=_pad_collator(collated)
+    )
+    trainer.run_gradinit()
+    # transformers' LengthGroupedSampler would give GradInit the longest 12 of a random 60
+    # (mean ~37, none below ~30); a uniform sample has the dataset's mean, 21.
+    assert len(gradinit_lengths) == 12
+    median, upper_quartile = lengths[len(lengths) // 2], lengths[3 * len(lengths) // 4]
+    assert sum(gradinit_lengths) / 12 < upper_quartile
+    assert min(gradinit_lengths) < median
+
+    # Training still groups by length: its first batch holds the longest example, with
+    # others of similar length.
+    assert trainer.args.train_sampling_strategy == "group_by_length"
+    assert isinstance(trainer._get_train_sampler(), LengthGroupedSampler)
+    collated.clear()
+    trainer.train()
+    first = collated[0]
+    assert len(first) == 6 and max(first) == lengths[-1] and min(first) > median
+
+
+def test_a_subclass_sampler_is_left_alone_for_gradinit(tmp_path):
+    strategies = []
+
+    class OwnSampler(GradInitTrainer):
+        def _get_train_sampler(self, train_dataset=None):
+            strategies.append(self.args.train_sampling_strategy)
+            return super()._get_train_sampler(train_dataset)
+
+    args = _args(tmp_path, train_sampling_strategy="group_by_length")
+    trainer = OwnSampler(model=tiny_marian(), args=args, train_dataset=seq2seq_examples(24))
+    trainer._gradinit_dataloader()
+    assert strategies == ["group_by_length"]
 
 
 def test_gradinit_optimizes_the_trainers_label_smoothed_loss(tmp_path):

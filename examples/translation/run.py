@@ -770,7 +770,9 @@ class LengthBucketSampler(Sampler[int]):
     length, cut it into batches, shuffle the batches (a short last batch goes last, so every
     other batch stays whole). transformers' ``LengthGroupedSampler`` instead runs through each
     chunk from its longest to its shortest batch, so the batch length cycles every 50 steps
-    and the first steps (and GradInit's batches) are the longest sentences of the chunk.
+    and the first steps are the longest sentences of the chunk. (GradInit does not get that
+    sampler's batches: GradInitTrainer draws them at random instead. It uses this sampler as
+    it is, for its batches are already in random order.)
     Randomness comes from torch's global generator, seeded by the trainer (the same on every
     process, as distributed sharding needs).
     """
