@@ -422,11 +422,13 @@ def test_length_buckets_cover_everything_once_in_whole_batches(run):
     assert list(sampler) != order  # a new order every epoch
 
 
-def test_initialize_only_and_push(run, tmp_path, monkeypatch):
-    """--do_train false: GradInit only; --push_to_hub uploads model, scales and card."""
+@pytest.mark.parametrize("do_train", [False, True], ids=["initialize_only", "train"])
+def test_push_uploads_model_scales_and_card_once(run, tmp_path, monkeypatch, do_train):
+    """--push_to_hub: one upload at the end (model, scales and card), not one more from
+    save_model; --do_train false: GradInit only."""
     import huggingface_hub
 
-    uploads = []
+    uploads, commits = [], []
 
     class Repo:
         repo_id = "someone/marian-gradinit-init"
@@ -436,7 +438,11 @@ def test_initialize_only_and_push(run, tmp_path, monkeypatch):
     def fake_upload_folder(self, **kwargs):
         uploads.append((kwargs["repo_id"], sorted(os.listdir(kwargs["folder_path"]))))
 
+    def fake_create_commit(self, *args, **kwargs):  # any other way of uploading
+        commits.append(kwargs.get("repo_id", args[0] if args else None))
+
     monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", fake_upload_folder)
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_commit", fake_create_commit)
     pairs = fr_en_pairs(24)
     train = write_jsonl(tmp_path / "train.jsonl", translation_rows(pairs))
     out = tmp_path / "out"
@@ -454,7 +460,7 @@ def test_initialize_only_and_push(run, tmp_path, monkeypatch):
             "--target_lang",
             "en",
             "--do_train",
-            "false",
+            str(do_train).lower(),
             "--do_eval",
             "false",
             "--do_predict",
@@ -465,8 +471,9 @@ def test_initialize_only_and_push(run, tmp_path, monkeypatch):
             "someone/marian-gradinit-init",
         ]  # fmt: skip
     )
-    assert results["gradinit_iterations"] == 2 and "train_loss" not in results
-    repo, files = uploads[-1]  # save_model pushes too (as in transformers' examples); last wins
+    assert results["gradinit_iterations"] == 2 and ("train_loss" in results) == do_train
+    assert len(uploads) == 1 and commits == []  # one commit: the final push, with the card
+    repo, files = uploads[0]
     assert repo == "someone/marian-gradinit-init"
     for name in ("model.safetensors", "config.json", "tokenizer.json", "gradinit_scales.json"):
         assert name in files

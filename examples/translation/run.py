@@ -986,7 +986,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "on" if training_args.gradinit else "off (--no_gradinit)",
         )
         train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-        trainer.save_model()  # model, tokenizer, gradinit_scales.json
+        save_locally(trainer)  # model, tokenizer, gradinit_scales.json
         metrics = dict(train_result.metrics)
         metrics["train_samples"] = len(tokenized["train"])
         trainer.log_metrics("train", metrics)
@@ -995,9 +995,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     elif training_args.gradinit:
         # Initialize only: the model as GradInit leaves it, ready to train or to push.
         trainer.run_gradinit()
-        trainer.save_model()
+        save_locally(trainer)
     else:
-        trainer.save_model()
+        save_locally(trainer)
     if trainer.gradinit_result is not None:
         summary = trainer.gradinit_result.summary()
         gradinit_metrics = {f"gradinit_{k}": v for k, v in summary.items() if v is not None}
@@ -1064,6 +1064,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             dataset_tags=data_args.dataset_name,
         )
     return results
+
+
+def save_locally(trainer: TranslationTrainer) -> None:
+    """Save the model, tokenizer and GradInit files to output_dir, and only there.
+
+    With --push_to_hub, ``Trainer.save_model()`` would also upload them; main() uploads
+    once, at the end, with the model card's metadata. ``_internal_call=True`` is how
+    transformers' own ``push_to_hub`` saves without pushing (tests/test_example.py counts
+    the uploads).
+    """
+    trainer.save_model(_internal_call=True)
 
 
 def _data_description(data_args: DataTrainingArguments) -> str:
