@@ -360,6 +360,31 @@ def test_defaults_are_the_cpu_recipe(run, tmp_path):
     assert off.gradinit is False
 
 
+def test_warmup_steps_warm_up_on_top_of_the_constant_default(run, tmp_path):
+    """transformers' "constant" schedule ignores warmup_steps; the script must not."""
+    _, _, args = run.parse_args(["--warmup_steps", "100", "--output_dir", str(tmp_path)])
+    assert args.lr_scheduler_type == "constant_with_warmup"
+    _, _, args = run.parse_args(
+        ["--warmup_steps", "100", "--lr_scheduler_type", "linear", "--output_dir", str(tmp_path)]
+    )
+    assert args.lr_scheduler_type == "linear"  # an explicit schedule is kept
+    train = write_jsonl(tmp_path / "train.jsonl", translation_rows(fr_en_pairs(48)))
+    out = tmp_path / "out"
+    run.main(
+        [
+            *TINY,
+            *["--max_steps", "4", "--warmup_steps", "2", "--learning_rate", "1e-3"],
+            *["--no_gradinit", "--do_eval", "false", "--do_predict", "false"],
+            *["--source_lang", "fr", "--target_lang", "en"],
+            *["--train_file", str(train), "--output_dir", str(out)],
+            *["--cache_dir", str(tmp_path / "cache")],
+        ]
+    )
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    lrs = [h["learning_rate"] for h in history if "learning_rate" in h]
+    assert lrs[:4] == pytest.approx([0.0, 5e-4, 1e-3, 1e-3])  # transformers: step 1 at lr 0
+
+
 def test_collator_builds_decoder_inputs_from_a_copy(run):
     class Tok:
         pad_token_id = 0

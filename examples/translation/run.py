@@ -53,6 +53,7 @@ from transformers import (
     DataCollatorForSeq2Seq,
     HfArgumentParser,
     PreTrainedTokenizerFast,
+    SchedulerType,
     set_seed,
 )
 
@@ -321,6 +322,13 @@ def parse_args(
         defaults.update(_read_args_file(argv.pop(0), parser))
     parser.set_defaults(**defaults)
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    if training_args.lr_scheduler_type == SchedulerType.CONSTANT and (
+        training_args.warmup_steps or getattr(training_args, "warmup_ratio", 0)
+    ):
+        # transformers' "constant" schedule ignores warmup; asking for warmup on top of this
+        # script's constant default means warmup, then constant.
+        logger.info("--warmup_steps given: the constant schedule becomes constant_with_warmup.")
+        training_args.lr_scheduler_type = SchedulerType.CONSTANT_WITH_WARMUP
     return model_args, data_args, training_args
 
 
