@@ -1,18 +1,23 @@
 """Does GradInit let a Post-LN Transformer train without learning-rate warmup?
 
-Trains the translation example's Post-LN Marian from scratch on the shipped De-En corpus
-with a fixed step budget per run, comparing, at each learning rate and Adam beta2:
+Runs the translation example (``examples/translation/run.py``: its Post-LN Marian, its
+tokenizer, its data pipeline, ``GradInitTrainer``) once per configuration on the shipped
+De-En corpus, with a fixed step budget, comparing at each learning rate and Adam beta2:
 
 * ``baseline``: no warmup;
-* ``warmup-W``: linear warmup over W steps (the best of a small set is reported);
-* ``gradinit``: GradInit (eta = ``--eta_multiplier`` x lr), then no warmup.
+* ``warmup-W``: linear warmup over W steps (the best of ``--warmups`` is marked);
+* ``gradinit``: GradInit, then no warmup (settings: ``--gradinit_args``).
 
-Each run is cached as JSON under ``--cache_dir`` (delete a file to redo a run), so the
-study resumes after an interruption. Results go to ``benchmarks/results/``: a markdown
-table, loss curves and the learned scales per layer.
+Every run is one ``run.py`` process (one thread each on a CPU, ``--workers`` side by side)
+writing to its own folder under ``--cache_dir``; a finished run leaves ``study_run.json``
+there and is never redone, so the study resumes after an interruption (delete a folder to
+redo a run). Results go to ``benchmarks/results/``: a markdown table, loss curves per
+configuration and the learned scales per layer.
 
-    python benchmarks/no_warmup_study.py                       # CPU preset (~90 min, 2 cores)
-    python benchmarks/no_warmup_study.py --preset gpu --device cuda
+    python benchmarks/no_warmup_study.py                         # CPU preset (~75 min, 2 cores)
+    python benchmarks/no_warmup_study.py --preset gpu --device cuda --workers 1
+    python benchmarks/no_warmup_study.py --lrs 1e-3 --gradinit_args="--gradinit_gamma 1.0"
+    python benchmarks/no_warmup_study.py --lrs 1e-3 -- --per_device_train_batch_size 64
 """
 
 from __future__ import annotations
@@ -23,400 +28,182 @@ import hashlib
 import json
 import math
 import os
+import re
+import shlex
 import statistics
+import subprocess
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+RUN_PY = ROOT / "examples" / "translation" / "run.py"
 DATA = ROOT / "examples" / "translation" / "data"
 RESULTS = Path(__file__).resolve().parent / "results"
 
-PRESETS = {
-    # Fits ~90 minutes on a 2-core CPU (two runs side by side, one thread each).
+# run.py arguments of each preset (on top of run.py's own defaults: Adam (0.9, beta2), no
+# clipping, constant lr after the warmup, dropout 0, 4k joint BPE, 32 sentences a batch).
+PRESETS: dict[str, dict] = {
+    # The example's "small" model made 6+6 deep (the paper's depth): d_model 128, FFN 512.
+    # 700 steps; validation loss and BLEU on 200 sentences: ~6 min a run on one thread.
     "cpu": dict(
-        d_model=128,
-        ffn_dim=512,
-        layers=6,
-        heads=4,
-        vocab_size=8000,
-        batch_size=32,
-        max_len=48,
-        steps=300,
-        eval_sentences=100,
-        gradinit_iterations=50,
+        args=["--encoder_layers", "6", "--decoder_layers", "6", "--max_eval_samples", "200"],
+        steps=700,
+        warmups=[100, 300],
     ),
-    # The paper's transformer_iwslt_de_en sizes, for a GPU.
+    # The paper's transformer_iwslt_de_en on IWSLT'14 (downloads the dataset; needs a GPU).
     "gpu": dict(
-        d_model=512,
-        ffn_dim=1024,
-        layers=6,
-        heads=4,
-        vocab_size=10000,
-        batch_size=128,
-        max_len=64,
-        steps=4000,
-        eval_sentences=1000,
-        gradinit_iterations=780,
+        args=[str(ROOT / "examples" / "translation" / "presets" / "iwslt14_gpu.json")]
+        + ["--lr_scheduler_type", "constant", "--eval_strategy", "no", "--save_strategy", "no"]
+        + ["--max_eval_samples", "1000", "--generation_num_beams", "1"],
+        steps=8000,
+        warmups=[1000, 4000],
     ),
 }
+LOG_EVERY = 10  # training-loss log interval (steps)
+FINAL_WINDOW = 100  # final loss = mean training loss over the last this many steps
+STALL_MARGIN = 0.25  # "stalled": final loss within this of the unigram loss
 
 
 # --------------------------------------------------------------------------------------
-# Data and tokenizer
+# The grid
 # --------------------------------------------------------------------------------------
 
 
-def read_pairs(split: str) -> list[tuple[str, str]]:
-    with gzip.open(DATA / f"{split}.jsonl.gz", "rt", encoding="utf-8") as f:
-        rows = [json.loads(line)["translation"] for line in f]
-    return [(r["de"], r["en"]) for r in rows]
+def _hash(obj) -> str:
+    return hashlib.sha1(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:8]
 
 
-def get_tokenizer(cache_dir: Path, vocab_size: int):
-    """A joint BPE (Metaspace, so decoding detokenizes) trained on the training split."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-
-    path = cache_dir / f"tokenizer-{vocab_size}.json"
-    if path.exists():
-        return Tokenizer.from_file(str(path))
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.normalizer = normalizers.NFKC()
-    tok.pre_tokenizer = pre_tokenizers.Metaspace()
-    tok.decoder = decoders.Metaspace()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<unk>"], show_progress=False
-    )
-    pairs = read_pairs("train")
-    tok.train_from_iterator((s for pair in pairs for s in pair), trainer)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tok.save(str(path))
-    return tok
-
-
-def encode(tok, pairs, max_len: int):
-    eos = tok.token_to_id("</s>")
-    src = [e.ids[: max_len - 1] + [eos] for e in tok.encode_batch([p[0] for p in pairs])]
-    tgt = [e.ids[: max_len - 1] + [eos] for e in tok.encode_batch([p[1] for p in pairs])]
-    return src, tgt
-
-
-def collate(src, tgt, index):
-    import torch
-
-    n = len(index)
-    ls, lt = max(len(src[i]) for i in index), max(len(tgt[i]) for i in index)
-    input_ids = torch.zeros(n, ls, dtype=torch.long)
-    attention = torch.zeros(n, ls, dtype=torch.long)
-    labels = torch.full((n, lt), -100, dtype=torch.long)
-    for row, i in enumerate(index):
-        input_ids[row, : len(src[i])] = torch.tensor(src[i])
-        attention[row, : len(src[i])] = 1
-        labels[row, : len(tgt[i])] = torch.tensor(tgt[i])
-    return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
-
-
-def batches(src, tgt, batch_size: int, seed: int, pool: int = 50):
-    """Random batches of sentences of similar length (less padding, same data).
-
-    Shuffle, cut into pools of ``pool`` batches, sort each pool by length, batch it and
-    shuffle the batches: every sentence is seen once per epoch, in a random batch.
-    """
-    import torch
-
-    g = torch.Generator().manual_seed(seed)
-    while True:
-        order = torch.randperm(len(src), generator=g).tolist()
-        chunks = []
-        for k in range(0, len(order), pool * batch_size):
-            chunk = sorted(order[k : k + pool * batch_size], key=lambda i: len(src[i]))
-            chunks += [
-                chunk[j : j + batch_size] for j in range(0, len(chunk) - batch_size + 1, batch_size)
-            ]
-        for j in torch.randperm(len(chunks), generator=g).tolist():
-            yield collate(src, tgt, chunks[j])
+def grid(args) -> list[dict]:
+    """Every run of the study: a name (its folder) and its run.py arguments."""
+    runs = []
+    gradinit_args = shlex.split(args.gradinit_args)
+    variant = _hash(gradinit_args)
+    for seed in args.seeds:
+        for lr in args.lrs:
+            for beta2 in args.beta2s:
+                if seed != args.seeds[0] and (lr, beta2) not in args.second_seed_cells:
+                    continue
+                tag = f"lr{lr:g}-b{beta2:g}-s{seed}"
+                common = dict(lr=lr, beta2=beta2, seed=seed)
+                flags = ["--learning_rate", str(lr), "--adam_beta2", str(beta2)]
+                flags += ["--seed", str(seed)]
+                runs.append(
+                    dict(
+                        **common,
+                        method="baseline",
+                        name=f"baseline-{tag}",
+                        flags=[*flags, "--no_gradinit", "--warmup_steps", "0"],
+                    )
+                )
+                for w in args.warmups:
+                    runs.append(
+                        dict(
+                            **common,
+                            method=f"warmup-{w}",
+                            name=f"warmup{w}-{tag}",
+                            flags=[*flags, "--no_gradinit", "--warmup_steps", str(w)],
+                        )
+                    )
+                runs.append(
+                    dict(
+                        **common,
+                        method="gradinit",
+                        gradinit_args=gradinit_args,
+                        name=f"gradinit-{variant}-{tag}",
+                        flags=[*flags, "--gradinit", "True", "--warmup_steps", "0"] + gradinit_args,
+                    )
+                )
+    return runs
 
 
-def unigram_entropy(tgt) -> float:
-    """Loss of a model that predicts the target unigram distribution: the Post-LN stall."""
-    counts: dict[int, int] = {}
-    for seq in tgt:
-        for t in seq:
-            counts[t] = counts.get(t, 0) + 1
+def label(run: dict) -> str:
+    """The method, with GradInit's non-default settings (variants are told apart)."""
+    if run["method"] != "gradinit":
+        return run["method"]
+    extra = " ".join(a.removeprefix("--gradinit_") for a in run.get("gradinit_args", []))
+    return f"gradinit ({extra})" if extra else "gradinit (defaults)"
+
+
+# --------------------------------------------------------------------------------------
+# Running the example
+# --------------------------------------------------------------------------------------
+
+
+def prepare_tokenizer(folder: Path, base_args: list[str], device_args: list[str]) -> Path:
+    """Train the example's tokenizer once (run.py with nothing to do); every run loads it."""
+    if (folder / "tokenizer.json").exists():
+        return folder
+    command = [sys.executable, str(RUN_PY), *base_args, *device_args]
+    command += ["--output_dir", str(folder), "--do_train", "False", "--do_eval", "False"]
+    command += ["--do_predict", "False", "--no_gradinit"]
+    subprocess.run(command, check=True, cwd=ROOT, capture_output=True)
+    (folder / "model.safetensors").unlink(missing_ok=True)
+    return folder
+
+
+def run_one(run: dict, base_args: list[str], device_args: list[str], cache: Path, env: dict):
+    """Train one configuration with run.py, or load it from the cache."""
+    folder = cache / run["name"]
+    done = folder / "study_run.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    folder.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, str(RUN_PY), *base_args, *device_args, *run["flags"]]
+    command += ["--output_dir", str(folder), "--tokenizer_name", str(cache / "tokenizer")]
+    command += ["--logging_steps", str(LOG_EVERY), "--logging_first_step", "False"]
+    command += ["--do_predict", "False", "--save_strategy", "no", "--report_to", "none"]
+    command += ["--disable_tqdm", "True"]
+    t0 = time.perf_counter()
+    with open(folder / "log.txt", "w") as log:
+        proc = subprocess.run(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"{run['name']} failed (exit {proc.returncode}); see {folder}/log.txt")
+    metrics = json.loads((folder / "all_results.json").read_text())
+    history = json.loads((folder / "trainer_state.json").read_text())["log_history"]
+    losses = [(h["step"], h["loss"]) for h in history if "loss" in h and "step" in h]
+    scales_file = folder / "gradinit_scales.json"
+    out = {
+        **{k: v for k, v in run.items() if k != "flags"},
+        "command": shlex.join(["python", *command[1:]]).replace(f"{ROOT}/", ""),
+        "losses": losses,
+        "eval_bleu": metrics.get("eval_bleu", float("nan")),
+        "eval_loss": metrics.get("eval_loss", float("nan")),
+        "train_runtime_s": metrics.get("train_runtime"),
+        "gradinit_runtime_s": metrics.get("gradinit_runtime_s", 0.0),
+        "wall_s": wall,
+        "scales": json.loads(scales_file.read_text())["scales"] if scales_file.exists() else None,
+    }
+    (folder / "model.safetensors").unlink(missing_ok=True)  # keep the cache small
+    done.write_text(json.dumps(out))
+    return out
+
+
+def unigram_loss(tokenizer_folder: Path) -> float:
+    """Loss of predicting the target unigram distribution: where Post-LN training stalls."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder)
+    with gzip.open(DATA / "train.jsonl.gz", "rt", encoding="utf-8") as f:
+        targets = [json.loads(line)["translation"]["en"] for line in f]
+    counts = Counter(t for ids in tokenizer(text_target=targets)["input_ids"] for t in ids)
     total = sum(counts.values())
     return -sum(c / total * math.log(c / total) for c in counts.values())
 
 
-# --------------------------------------------------------------------------------------
-# Model and one run
-# --------------------------------------------------------------------------------------
-
-
-def build_model(p: dict, vocab_size: int, seed: int):
-    import torch
-    from transformers import MarianConfig, MarianMTModel
-
-    torch.manual_seed(seed)
-    config = MarianConfig(
-        vocab_size=vocab_size,
-        d_model=p["d_model"],
-        encoder_layers=p["layers"],
-        decoder_layers=p["layers"],
-        encoder_attention_heads=p["heads"],
-        decoder_attention_heads=p["heads"],
-        encoder_ffn_dim=p["ffn_dim"],
-        decoder_ffn_dim=p["ffn_dim"],
-        max_position_embeddings=256,
-        activation_function="relu",
-        scale_embedding=True,
-        dropout=0.1,
-        attention_dropout=0.0,
-        activation_dropout=0.0,
-        pad_token_id=0,
-        eos_token_id=1,
-        decoder_start_token_id=0,
-        tie_word_embeddings=True,
-    )
-    return MarianMTModel(config)
-
-
-def gradinit_scales(run: dict, p: dict, cache_dir: Path, device: str) -> dict:
-    """GradInit scales for this lr and seed (beta2 does not enter: the step is sign(g))."""
-    import torch
-
-    from hf_gradinit import GradInitConfig, compute_gradinit_scales
-
-    g = run["gradinit"]
-    key = f"gradinit-lr{run['lr']}-seed{run['seed']}-" + _hash(g)
-    path = cache_dir / f"{key}.json"
-    if path.exists():
-        return json.loads(path.read_text())
-    tok = get_tokenizer(cache_dir, p["vocab_size"])
-    src, tgt = encode(tok, read_pairs("train"), p["max_len"])
-    model = build_model(p, tok.get_vocab_size(), run["seed"]).to(device)
-    config = GradInitConfig(
-        eta=g["eta_multiplier"] * run["lr"],
-        scale_lr=g["scale_lr"],
-        iterations=g["iterations"],
-        gamma=g["gamma"],
-        gamma_unit="init",
-        seed=run["seed"],
-    )
-    # S and S~ are each one training batch: 1.5 batches, split in thirds.
-    data = batches(src, tgt, p["batch_size"] * 3 // 2, seed=10_000 + run["seed"])
-    one_pass = (next(data) for _ in range(g["iterations"]))
-    t0 = time.perf_counter()
-    result = compute_gradinit_scales(model, one_pass, config, show_progress=False)
-    print(
-        f"  GradInit lr {run['lr']}: {time.perf_counter() - t0:.0f}s, {result.summary()}",
-        flush=True,
-    )
-    out = {
-        "scales": result.scales,
-        "kinds": result.kinds,
-        "summary": result.summary(),
-        "time_s": time.perf_counter() - t0,
-        "history": result.history,
-    }
-    path.write_text(json.dumps(out))
-    del torch
-    return out
-
-
-def run_one(run: dict, p: dict, cache_dir: str, device: str) -> dict:
-    """Train one configuration (or load it from the cache)."""
-    import torch
-
-    torch.set_num_threads(p.get("threads", 1))
-    cache_dir = Path(cache_dir)
-    path = cache_dir / f"{run['name']}.json"
-    if path.exists():
-        return json.loads(path.read_text())
-    tok = get_tokenizer(cache_dir, p["vocab_size"])
-    src, tgt = encode(tok, read_pairs("train"), p["max_len"])
-    model = build_model(p, tok.get_vocab_size(), run["seed"]).to(device)
-    gradinit_time = 0.0
-    if run.get("gradinit"):
-        from hf_gradinit import apply_scales
-
-        g = gradinit_scales(run, p, cache_dir, device)
-        apply_scales(model, g["scales"])
-        gradinit_time = g["time_s"]
-    optimizer = torch.optim.Adam(
-        model.parameters(), lr=run["lr"], betas=(0.9, run["beta2"]), eps=1e-8
-    )
-    warmup = run["warmup"]
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0
-    )
-    model.train()
-    losses = []
-    data = batches(src, tgt, p["batch_size"], seed=run["seed"])
-    t0 = time.perf_counter()
-    for _ in range(p["steps"]):
-        batch = {k: v.to(device) for k, v in next(data).items()}
-        loss = model(**batch).loss
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-        if not math.isfinite(losses[-1]):
-            break
-        if len(losses) % 100 == 0:
-            print(
-                f"  {run['name']}: step {len(losses)} loss {statistics.mean(losses[-25:]):.3f} "
-                f"({(time.perf_counter() - t0) / len(losses):.2f} s/step)",
-                flush=True,
-            )
-    train_time = time.perf_counter() - t0
-    bleu = evaluate_bleu(model, tok, p, device) if math.isfinite(losses[-1]) else 0.0
-    final = statistics.mean(losses[-25:]) if math.isfinite(losses[-1]) else float("nan")
-    stall = unigram_entropy(tgt)
-    out = {
-        **run,
-        "losses": losses,
-        "final_loss": final,
-        "unigram_entropy": stall,
-        # stalled at (or above) the unigram loss, or NaN: the Post-LN failure
-        "diverged": not math.isfinite(final) or final > stall - 0.25,
-        "bleu": bleu,
-        "train_time_s": train_time,
-        "gradinit_time_s": gradinit_time,
-    }
-    path.write_text(json.dumps(out))
-    return out
-
-
-def evaluate_bleu(model, tok, p, device) -> float:
-    """Greedy sacreBLEU on the first ``eval_sentences`` validation pairs (detokenized)."""
-    import sacrebleu
-    import torch
-
-    pairs = read_pairs("validation")[: p["eval_sentences"]]
-    src, _ = encode(tok, pairs, p["max_len"])
-    model.eval()
-    hyps = []
-    with torch.no_grad():
-        for k in range(0, len(src), 50):
-            idx = list(range(k, min(k + 50, len(src))))
-            batch = collate(src, src, idx)
-            out = model.generate(
-                input_ids=batch["input_ids"].to(device),
-                attention_mask=batch["attention_mask"].to(device),
-                max_new_tokens=p["max_len"] + 16,
-                num_beams=1,
-                do_sample=False,
-            )
-            hyps += [tok.decode(o.tolist(), skip_special_tokens=True) for o in out]
-    return sacrebleu.corpus_bleu(hyps, [[en for _, en in pairs]]).score
-
-
-def _hash(d: dict) -> str:
-    return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
+def final_loss(run: dict, steps: int) -> float:
+    losses = [loss for step, loss in run["losses"] if step > steps - FINAL_WINDOW]
+    if not losses or not all(math.isfinite(x) for x in losses):
+        return float("nan")
+    return statistics.mean(losses)
 
 
 # --------------------------------------------------------------------------------------
-# The grid, the table and the plots
+# The table and the plots
 # --------------------------------------------------------------------------------------
-
-
-def grid(args) -> list[dict]:
-    gradinit = dict(
-        iterations=args.gradinit_iterations,
-        scale_lr=args.scale_lr,
-        eta_multiplier=args.eta_multiplier,
-        gamma=args.gamma,
-    )
-    runs = []
-    for seed in args.seeds:
-        for lr in args.lrs:
-            for beta2 in args.beta2s:
-                if seed != args.seeds[0] and (lr, beta2) not in _second_seed_cells(args):
-                    continue
-                common = dict(lr=lr, beta2=beta2, seed=seed)
-                tag = f"lr{lr}-b{beta2}-s{seed}"
-                runs.append(
-                    {**common, "method": "baseline", "warmup": 0, "name": f"baseline-{tag}"}
-                )
-                for w in args.warmups:
-                    runs.append(
-                        {**common, "method": f"warmup-{w}", "warmup": w, "name": f"warmup{w}-{tag}"}
-                    )
-                runs.append(
-                    {
-                        **common,
-                        "method": "gradinit",
-                        "warmup": 0,
-                        "gradinit": gradinit,
-                        "name": f"gradinit-{_hash(gradinit)}-{tag}",
-                    }
-                )
-    return runs
-
-
-def _second_seed_cells(args):
-    return {(lr, args.beta2s[0]) for lr in args.lrs}
-
-
-def label(r: dict) -> str:
-    """The method, with GradInit's settings (variants are told apart in the table)."""
-    g = r.get("gradinit")
-    if not g:
-        return r["method"]
-    bound = f", bound {g['gamma']:g}x init" if g.get("gamma") else ""
-    return (
-        f"gradinit ({g['iterations']} it, scale lr {g['scale_lr']:g}, "
-        f"eta {g['eta_multiplier']:g}x lr{bound})"
-    )
-
-
-def load_cached(cache: Path) -> list[dict]:
-    """Every finished training run of this preset (all variants ever run)."""
-    runs = []
-    for path in sorted(cache.glob("*.json")):
-        if path.name.startswith(("gradinit-lr", "tokenizer")):
-            continue
-        runs.append(json.loads(path.read_text()))
-    return runs
-
-
-def summarize(results: list[dict], args) -> str:
-    cells: dict[tuple, dict[str, list[dict]]] = {}
-    for r in results:
-        cells.setdefault((r["lr"], r["beta2"]), {}).setdefault(label(r), []).append(r)
-    lines = [
-        "| lr | beta2 | method | seeds | final loss | val BLEU | diverged/stalled | "
-        "GradInit time (% of run) |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for (lr, beta2), methods in sorted(cells.items()):
-        warm = {m: rs for m, rs in methods.items() if m.startswith("warmup")}
-        best_warm = (
-            min(warm, key=lambda m: _mean(r["final_loss"] for r in warm[m])) if warm else None
-        )
-        gradinit = sorted(m for m in methods if m.startswith("gradinit"))
-        for method in ["baseline", *sorted(warm, key=lambda m: int(m.split("-")[1])), *gradinit]:
-            rs = methods.get(method)
-            if not rs:
-                continue
-            row_label = method + (" (best warmup)" if method == best_warm else "")
-            loss = ", ".join(f"{r['final_loss']:.2f}" for r in rs)
-            bleu = ", ".join(f"{r['bleu']:.1f}" for r in rs)
-            div = ", ".join("yes" if r["diverged"] else "no" for r in rs)
-            share = (
-                ", ".join(
-                    f"{100 * r['gradinit_time_s'] / (r['gradinit_time_s'] + r['train_time_s']):.0f}%"
-                    for r in rs
-                )
-                if method.startswith("gradinit")
-                else "-"
-            )
-            lines.append(
-                f"| {lr:g} | {beta2:g} | {row_label} | {len(rs)} | {loss} | {bleu} | {div} | {share} |"
-            )
-    return "\n".join(lines)
 
 
 def _mean(xs) -> float:
@@ -424,7 +211,46 @@ def _mean(xs) -> float:
     return statistics.mean(xs) if xs else float("inf")
 
 
-def plot_losses(results: list[dict], args, path: Path) -> None:
+def summarize(results: list[dict], steps: int, stall: float) -> str:
+    cells: dict[tuple, dict[str, list[dict]]] = {}
+    for r in results:
+        cells.setdefault((r["lr"], r["beta2"]), {}).setdefault(label(r), []).append(r)
+    lines = [
+        "| lr | beta2 | method | seeds | final train loss | val loss | val BLEU | stalled | "
+        "GradInit time (% of run) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (lr, beta2), methods in sorted(cells.items()):
+        warm = {m: rs for m, rs in methods.items() if m.startswith("warmup")}
+        best = min(warm, key=lambda m: _mean(r["eval_loss"] for r in warm[m])) if warm else None
+        order = ["baseline", *sorted(warm, key=lambda m: int(m.split("-")[1]))]
+        order += sorted(m for m in methods if m.startswith("gradinit"))
+        for method in order:
+            rs = sorted(methods.get(method, []), key=lambda r: r["seed"])
+            if not rs:
+                continue
+            finals = [final_loss(r, steps) for r in rs]
+            name = method + (" (best warmup)" if method == best and len(warm) > 1 else "")
+            share = "-"
+            if method.startswith("gradinit"):
+                share = ", ".join(
+                    f"{100 * r['gradinit_runtime_s'] / r['train_runtime_s']:.0f}%" for r in rs
+                )
+            lines.append(
+                f"| {lr:g} | {beta2:g} | {name} | {len(rs)} | "
+                + ", ".join(f"{x:.2f}" for x in finals)
+                + " | "
+                + ", ".join(f"{r['eval_loss']:.2f}" for r in rs)
+                + " | "
+                + ", ".join(f"{r['eval_bleu']:.1f}" for r in rs)
+                + " | "
+                + ", ".join("yes" if not x < stall - STALL_MARGIN else "no" for x in finals)
+                + f" | {share} |"
+            )
+    return "\n".join(lines)
+
+
+def plot_losses(results: list[dict], stall: float, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -434,77 +260,70 @@ def plot_losses(results: list[dict], args, path: Path) -> None:
     fig, axes = plt.subplots(
         len(beta2s), len(lrs), figsize=(4.2 * len(lrs), 3.2 * len(beta2s)), squeeze=False
     )
-    palette = ["tab:blue", "tab:purple", "tab:cyan", "tab:green", "tab:brown", "tab:pink"]
-    colors = {"baseline": "tab:red", "warmup-50": "tab:orange", "warmup-100": "tab:olive"}
-    for i, lab in enumerate(sorted({label(r) for r in results} - set(colors))):
-        colors[lab] = palette[i % len(palette)]
+    labels = sorted({label(r) for r in results})
+    warm = iter(["tab:orange", "tab:olive", "tab:brown", "tab:pink"])
+    grad = iter(["tab:blue", "tab:purple", "tab:cyan", "tab:green"])
+    colors = {"baseline": "tab:red"}
+    for lab in labels:
+        if lab != "baseline":
+            colors[lab] = next(grad if lab.startswith("gradinit") else warm, "black")
+    seeds = sorted({r["seed"] for r in results})
     for r in sorted(results, key=label):
         ax = axes[beta2s.index(r["beta2"])][lrs.index(r["lr"])]
-        smooth = _smooth(r["losses"], 15)
-        style = "-" if r["seed"] == args.seeds[0] else ":"
-        ax.plot(smooth, style, color=colors[label(r)], lw=1.2, label=f"{label(r)} s{r['seed']}")
+        steps, losses = zip(*r["losses"]) if r["losses"] else ((), ())
+        style = "-" if r["seed"] == seeds[0] else ":"
+        ax.plot(steps, losses, style, color=colors[label(r)], lw=1.1, label=label(r))
     for i, b2 in enumerate(beta2s):
         for j, lr in enumerate(lrs):
             ax = axes[i][j]
             ax.set_title(f"lr {lr:g}, beta2 {b2:g}", fontsize=9)
+            ax.axhline(stall, color="gray", lw=0.6, ls="--")
             ax.set_ylim(2, 8.5)
-            ax.axhline(results[0]["unigram_entropy"], color="gray", lw=0.6, ls="--")
             ax.set_xlabel("step", fontsize=8)
-            ax.set_ylabel("train loss (smoothed)", fontsize=8)
+            ax.set_ylabel("train loss", fontsize=8)
             ax.tick_params(labelsize=7)
-    uniq = {}
+            if len(ax.lines) <= 1:
+                ax.text(0.5, 0.5, "not run", transform=ax.transAxes, ha="center", color="gray")
+    handles = {}
     for ax in axes.flat:
         for handle, lab in zip(*ax.get_legend_handles_labels()):
-            uniq.setdefault(lab, handle)
-        if not ax.lines[1:]:  # only the unigram line: this cell was not run
-            ax.text(0.5, 0.5, "not run", transform=ax.transAxes, ha="center", color="gray")
-    fig.legend(uniq.values(), uniq.keys(), loc="lower center", ncol=3, fontsize=7)
+            handles.setdefault(lab, handle)
+    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=4, fontsize=7)
     fig.suptitle(
-        "Post-LN Marian on LibreOffice help De-En: no warmup vs warmup vs GradInit "
-        "(dashed: unigram loss = the stall)",
+        "Post-LN Marian 6+6 on LibreOffice help De-En: no warmup, warmup, GradInit "
+        "(dashed: the unigram loss, where training stalls; dotted: second seed)",
         fontsize=9,
     )
-    fig.tight_layout(rect=(0, 0.1, 1, 0.96))
+    fig.tight_layout(rect=(0, 0.08, 1, 0.95))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def _smooth(xs, k):
-    out, acc = [], []
-    for x in xs:
-        acc.append(x)
-        if len(acc) > k:
-            acc.pop(0)
-        out.append(sum(acc) / len(acc))
-    return out
+SCALE_GROUPS = {
+    "attention": re.compile(r"(self_attn|encoder_attn)\.(q|k|v|out)_proj\.weight$"),
+    "FFN": re.compile(r"fc[12]\.weight$"),
+    "LayerNorm": re.compile(r"layer_norm\.weight$"),
+}
 
 
 def plot_scales(scales: dict[str, float], title: str, path: Path) -> None:
-    """The paper's figure: learned scale per layer, encoder vs decoder, by module type."""
-    import re
-
+    """The paper's figure: the learned scale per layer, encoder vs decoder, by module type."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups = {
-        "attention": re.compile(r"(self_attn|encoder_attn)\.(q|k|v|out)_proj\.weight$"),
-        "FFN": re.compile(r"fc[12]\.weight$"),
-        "LayerNorm": re.compile(r"layer_norm\.weight$"),
-    }
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.4), sharey=True)
+    offsets = {"attention": -0.2, "FFN": 0.0, "LayerNorm": 0.2}
     for ax, side in zip(axes, ("encoder", "decoder")):
-        for gname, pattern in groups.items():
-            xs, ys = [], []
-            for name, s in scales.items():
-                m = re.search(rf"{side}\.layers\.(\d+)\.", name)
-                if m and pattern.search(name):
-                    xs.append(
-                        int(m.group(1)) + {"attention": -0.2, "FFN": 0, "LayerNorm": 0.2}[gname]
-                    )
-                    ys.append(s)
-            ax.scatter(xs, ys, s=14, label=gname, alpha=0.8)
+        for group, pattern in SCALE_GROUPS.items():
+            points = [
+                (int(m.group(1)) + offsets[group], s)
+                for name, s in scales.items()
+                if (m := re.search(rf"{side}\.layers\.(\d+)\.", name)) and pattern.search(name)
+            ]
+            if points:
+                ax.scatter(*zip(*points), s=14, label=group, alpha=0.8)
         ax.set_title(side, fontsize=9)
         ax.set_xlabel("layer", fontsize=8)
         ax.axhline(1.0, color="gray", lw=0.6, ls="--")
@@ -517,116 +336,130 @@ def plot_scales(scales: dict[str, float], title: str, path: Path) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+# --------------------------------------------------------------------------------------
+# Main
+# --------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None):
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog="Arguments after -- go to every run.py run (and into the cache folder's name).",
+    )
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--lrs", type=float, nargs="+", default=[5e-4, 1e-3, 2e-3])
     parser.add_argument("--beta2s", type=float, nargs="+", default=[0.98, 0.999])
-    parser.add_argument("--warmups", type=int, nargs="+", default=[50, 100])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--steps", type=int, default=None, help="override the preset")
-    parser.add_argument("--gradinit_iterations", type=int, default=None)
-    parser.add_argument("--scale_lr", type=float, default=1e-2)
-    parser.add_argument("--eta_multiplier", type=float, default=2.0)
-    parser.add_argument("--gamma", type=float, default=None, help="bound, x the init's norm")
-    parser.add_argument("--workers", type=int, default=2, help="runs side by side, 1 thread each")
+    parser.add_argument("--warmups", type=int, nargs="+", help="default: the preset's")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
+    parser.add_argument(
+        "--second_seed_cells",
+        nargs="*",
+        default=["1e-3:0.98"],
+        help="lr:beta2 cells that get the seeds after the first",
+    )
+    parser.add_argument("--steps", type=int, help="training steps (default: the preset's)")
+    parser.add_argument(
+        "--gradinit_args", default="", help="run.py --gradinit_* flags of the GradInit runs"
+    )
+    parser.add_argument("--workers", type=int, default=2, help="runs side by side")
     parser.add_argument("--cache_dir", default=str(Path(__file__).parent / "cache" / "study"))
+    parser.add_argument("--results_dir", default=str(RESULTS))
     parser.add_argument("--results_name", default="no_warmup_study")
-    parser.add_argument(
-        "--only", nargs="+", default=None, help="run only runs whose name contains one of these"
-    )
-    parser.add_argument(
-        "--report_only", action="store_true", help="run nothing; table and plots from the cache"
-    )
+    parser.add_argument("--only", nargs="+", help="only the runs whose name contains one of these")
+    parser.add_argument("--report_only", action="store_true", help="run nothing; report the cache")
     parser.add_argument(
         "--all_cached",
         action="store_true",
-        help="table and plots from every cached run of this preset (all variants), "
-        "not only this grid's",
+        help="report every finished run in the cache folder (all variants), not only this grid",
     )
-    args = parser.parse_args(argv)
-    p = dict(PRESETS[args.preset])
-    if args.steps:
-        p["steps"] = args.steps
-    args.gradinit_iterations = args.gradinit_iterations or p["gradinit_iterations"]
-    p["threads"] = 1 if args.device == "cpu" else os.cpu_count()
-    cache = Path(args.cache_dir) / f"{args.preset}-{p['steps']}steps"
+    argv = sys.argv[1:] if argv is None else argv
+    passthrough = argv[argv.index("--") + 1 :] if "--" in argv else []
+    args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
+    args.passthrough = passthrough
+    args.second_seed_cells = {
+        tuple(float(x) for x in cell.split(":")) for cell in args.second_seed_cells
+    }
+    args.argv = argv
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    preset = PRESETS[args.preset]
+    steps = args.steps or preset["steps"]
+    args.warmups = args.warmups or preset["warmups"]
+    base_args = [*preset["args"], "--max_steps", str(steps), *args.passthrough]
+    if args.device == "cpu":
+        device_args = ["--use_cpu", "True"]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    else:
+        device_args, env = [], dict(os.environ)
+    suffix = f"-{_hash(args.passthrough)}" if args.passthrough else ""
+    cache = Path(args.cache_dir) / f"{args.preset}-{steps}steps{suffix}"
     cache.mkdir(parents=True, exist_ok=True)
-    get_tokenizer(cache, p["vocab_size"])  # once, before the workers start
 
     runs = grid(args)
     if args.only:
         runs = [r for r in runs if any(o in r["name"] for o in args.only)]
     if args.report_only:
-        runs = [r for r in runs if (cache / f"{r['name']}.json").exists()]
-    # GradInit scales first (shared by both beta2 runs of an lr), then the training runs.
+        runs = [r for r in runs if (cache / r["name"] / "study_run.json").exists()]
     t0 = time.perf_counter()
-    with ProcessPoolExecutor(max_workers=args.workers) as pool:
-        scale_jobs = {(r["lr"], r["seed"]): r for r in runs if r.get("gradinit")}
-        list(
-            pool.map(
-                _scales_job,
-                scale_jobs.values(),
-                [p] * len(scale_jobs),
-                [str(cache)] * len(scale_jobs),
-                [args.device] * len(scale_jobs),
-            )
-        )
-        results = []
-        for r in pool.map(
-            run_one, runs, [p] * len(runs), [str(cache)] * len(runs), [args.device] * len(runs)
-        ):
+    prepare_tokenizer(cache / "tokenizer", base_args, device_args)
+    results = []
+    with ThreadPoolExecutor(max_workers=args.workers) as pool:
+        jobs = [pool.submit(run_one, r, base_args, device_args, cache, env) for r in runs]
+        for job in jobs:
+            r = job.result()
             results.append(r)
             print(
-                f"{r['name']:45s} loss {r['final_loss']:.3f} bleu {r['bleu']:5.1f} "
-                f"{'DIVERGED/STALLED' if r['diverged'] else ''}",
+                f"{r['name']:40s} final loss {final_loss(r, steps):.3f}  BLEU {r['eval_bleu']:5.1f}"
+                f"  ({r['wall_s'] / 60:.1f} min)",
                 flush=True,
             )
     wall = time.perf_counter() - t0
-
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    name = args.results_name
     if args.all_cached:
-        results = load_cached(cache)
-    table = summarize(results, args)
-    plot_losses(results, args, RESULTS / f"{name}_losses.png")
-    first = next(r for r in runs if r.get("gradinit"))
-    g = gradinit_scales(first, p, cache, args.device)
-    plot_scales(
-        g["scales"],
-        f"GradInit scales (lr {first['lr']:g}, eta {first['gradinit']['eta_multiplier']:g}x lr, "
-        f"{first['gradinit']['iterations']} it.)",
-        RESULTS / f"{name}_scales.png",
-    )
-    command = "python benchmarks/no_warmup_study.py " + " ".join(argv if argv else sys.argv[1:])
-    (RESULTS / f"{name}.md").write_text(
-        f"# No-warmup study ({args.preset} preset)\n\nCommand: `{command}`\n\n"
-        f"Model: Post-LN Marian {p['layers']}+{p['layers']}, d_model {p['d_model']}, FFN "
-        f"{p['ffn_dim']}, {p['heads']} heads, joint BPE {p['vocab_size']}; batch "
-        f"{p['batch_size']} sentences (max {p['max_len']} tokens), {p['steps']} steps, Adam "
-        f"(0.9, beta2), no clipping, dropout 0.1, constant lr after warmup. GradInit: "
-        f"{args.gradinit_iterations} iterations, scale lr {args.scale_lr}, eta = "
-        f"{args.eta_multiplier} x lr, bound {args.gamma} (x the init's l1 norm), batches of "
-        f"1.5 x {p['batch_size']} split in overlapping thirds. Final loss = mean of the last "
-        f"25 steps; BLEU = greedy sacreBLEU on the first {p['eval_sentences']} validation "
-        f"pairs; 'stalled' = final loss within 0.25 of the unigram loss "
-        f"({results[0]['unigram_entropy']:.2f}) or NaN. Wall time {wall / 60:.1f} min with "
-        f"{args.workers} worker(s).\n\n{table}\n\n"
+        results = [json.loads(p.read_text()) for p in sorted(cache.glob("*/study_run.json"))]
+    if not results:
+        raise SystemExit(f"No finished runs in {cache}.")
+    stall = unigram_loss(cache / "tokenizer")
+    table = summarize(results, steps, stall)
+    name = args.results_name
+    results_dir = Path(args.results_dir)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    plot_losses(results, stall, results_dir / f"{name}_losses.png")
+    with_scales = [r for r in results if r.get("scales")]
+    if with_scales:
+        first = min(with_scales, key=lambda r: (abs(math.log(r["lr"] / 1e-3)), r["seed"]))
+        plot_scales(
+            first["scales"],
+            f"Scales learned by GradInit ({label(first)}; lr {first['lr']:g}, seed {first['seed']})",
+            results_dir / f"{name}_scales.png",
+        )
+    command = shlex.join(["python", "benchmarks/no_warmup_study.py", *args.argv])
+    compute = sum(r["wall_s"] for r in results)
+    (results_dir / f"{name}.md").write_text(
+        f"# No-warmup study ({args.preset} preset)\n\n"
+        f"Command: `{command}`\n\n"
+        f"Each run: `{results[0]['command']}` (with its own lr, beta2, seed, warmup and "
+        f"GradInit flags; the full command of every run is in `{name}.json`).\n\n"
+        f"{steps} steps a run. Final train loss = mean over the last {FINAL_WINDOW} steps; "
+        f"val BLEU = greedy sacreBLEU of run.py on the validation sentences it evaluates; "
+        f"'stalled' = final loss within {STALL_MARGIN} of the unigram loss ({stall:.2f}) or "
+        f"NaN. GradInit time is its share of the trainer's train runtime. "
+        f"{len(results)} runs, {compute / 60:.0f} run-minutes; wall time of this command "
+        f"{wall / 60:.1f} min with {args.workers} worker(s).\n\n{table}\n\n"
         f"![losses]({name}_losses.png)\n\n![scales]({name}_scales.png)\n"
     )
-    (RESULTS / f"{name}.json").write_text(
-        json.dumps([{k: v for k, v in r.items() if k != "losses"} for r in results], indent=1)
+    (results_dir / f"{name}.json").write_text(
+        json.dumps(
+            [{k: v for k, v in r.items() if k not in ("losses", "scales")} for r in results],
+            indent=1,
+        )
+        + "\n"
     )
     print(table)
     print(f"wall time {wall / 60:.1f} min")
-
-
-def _scales_job(run, p, cache_dir, device):
-    import torch
-
-    torch.set_num_threads(p.get("threads", 1))
-    gradinit_scales(run, p, Path(cache_dir), device)
 
 
 if __name__ == "__main__":
