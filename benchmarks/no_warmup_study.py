@@ -179,7 +179,7 @@ def run_one(run: dict, base_args: list[str], device_args: list[str], cache: Path
     }
     (folder / "model.safetensors").unlink(missing_ok=True)  # keep the cache small
     done.write_text(json.dumps(out))
-    return out
+    return {**out, "_ran_now": True}
 
 
 def unigram_loss(tokenizer_folder: Path) -> float:
@@ -437,23 +437,37 @@ def main(argv: list[str] | None = None) -> None:
             results_dir / f"{name}_scales.png",
         )
     command = shlex.join(["python", "benchmarks/no_warmup_study.py", *args.argv])
-    compute = sum(r["wall_s"] for r in results)
-    (results_dir / f"{name}.md").write_text(
+    compute = sum(r["wall_s"] for r in results) / 60
+    ran = sum(1 for r in results if r.get("_ran_now"))
+    timing = (
+        f"{len(results)} runs, {compute:.0f} run-minutes (one thread each): about "
+        f"{compute / args.workers:.0f} min of wall time with {args.workers} runs side by side."
+    )
+    if ran:
+        timing += f" This command ran {ran} of them in {wall / 60:.1f} min."
+    report = results_dir / f"{name}.md"
+    # Hand-written findings below "## Findings" survive a regenerated table.
+    old = report.read_text() if report.exists() else ""
+    findings = old[old.index("## Findings") :] if "## Findings" in old else ""
+    report.write_text(
         f"# No-warmup study ({args.preset} preset)\n\n"
         f"Command: `{command}`\n\n"
         f"Each run: `{results[0]['command']}` (with its own lr, beta2, seed, warmup and "
         f"GradInit flags; the full command of every run is in `{name}.json`).\n\n"
         f"{steps} steps a run. Final train loss = mean over the last {FINAL_WINDOW} steps; "
-        f"val BLEU = greedy sacreBLEU of run.py on the validation sentences it evaluates; "
-        f"'stalled' = final loss within {STALL_MARGIN} of the unigram loss ({stall:.2f}) or "
-        f"NaN. GradInit time is its share of the trainer's train runtime. "
-        f"{len(results)} runs, {compute / 60:.0f} run-minutes; wall time of this command "
-        f"{wall / 60:.1f} min with {args.workers} worker(s).\n\n{table}\n\n"
+        f"val loss and BLEU (greedy sacreBLEU) are run.py's on the validation sentences it "
+        f"evaluates; 'stalled' = final train loss within {STALL_MARGIN} of the unigram loss "
+        f"({stall:.2f}) or NaN; the best warmup has the lowest val loss. GradInit time is its "
+        f"share of the trainer's train runtime. {timing}\n\n{table}\n\n"
         f"![losses]({name}_losses.png)\n\n![scales]({name}_scales.png)\n"
+        + (f"\n{findings}" if findings else "")
     )
     (results_dir / f"{name}.json").write_text(
         json.dumps(
-            [{k: v for k, v in r.items() if k not in ("losses", "scales")} for r in results],
+            [
+                {k: v for k, v in r.items() if k not in ("losses", "scales", "_ran_now")}
+                for r in results
+            ],
             indent=1,
         )
         + "\n"
