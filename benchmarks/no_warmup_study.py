@@ -211,6 +211,11 @@ def _mean(xs) -> float:
     return statistics.mean(xs) if xs else float("inf")
 
 
+def _run_time(run: dict) -> float:
+    """GradInit + training (the trainer's train_runtime starts after GradInit)."""
+    return run["gradinit_runtime_s"] + run["train_runtime_s"]
+
+
 def summarize(results: list[dict], steps: int, stall: float) -> str:
     cells: dict[tuple, dict[str, list[dict]]] = {}
     for r in results:
@@ -234,7 +239,7 @@ def summarize(results: list[dict], steps: int, stall: float) -> str:
             share = "-"
             if method.startswith("gradinit"):
                 share = ", ".join(
-                    f"{100 * r['gradinit_runtime_s'] / r['train_runtime_s']:.0f}%" for r in rs
+                    f"{100 * r['gradinit_runtime_s'] / _run_time(r):.0f}%" for r in rs
                 )
             lines.append(
                 f"| {lr:g} | {beta2:g} | {name} | {len(rs)} | "
@@ -457,8 +462,8 @@ def main(argv: list[str] | None = None) -> None:
         f"{steps} steps a run. Final train loss = mean over the last {FINAL_WINDOW} steps; "
         f"val loss and BLEU (greedy sacreBLEU) are run.py's on the validation sentences it "
         f"evaluates; 'stalled' = final train loss within {STALL_MARGIN} of the unigram loss "
-        f"({stall:.2f}) or NaN; the best warmup has the lowest val loss. GradInit time is its "
-        f"share of the trainer's train runtime. {timing}\n\n{table}\n\n"
+        f"({stall:.2f}) or NaN; the best warmup has the lowest val loss; GradInit time is its share of "
+        f"GradInit + training. {timing}\n\n{table}\n\n"
         f"![losses]({name}_losses.png)\n\n![scales]({name}_scales.png)\n"
         + (f"\n{findings}" if findings else "")
     )
