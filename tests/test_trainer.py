@@ -106,7 +106,7 @@ def test_arguments_follow_optim_and_learning_rate(tmp_path):
     config = args.to_gradinit_config()
     assert args.gradinit is True
     assert config.eta == pytest.approx(1e-3) and config.inner_optimizer == "adam"
-    assert (config.iterations, config.scale_lr, config.gamma) == (100, 1e-2, None)
+    assert (config.iterations, config.scale_lr, config.gamma) == (200, 1e-2, None)
     assert config.seed == args.seed
     sgd = GradInitTrainingArguments(output_dir=str(tmp_path), optim="sgd", learning_rate=0.1)
     assert sgd.to_gradinit_config().inner_optimizer == "sgd"
@@ -161,7 +161,7 @@ def test_plain_seq2seq_arguments_get_the_default_gradinit_settings(tmp_path):
     trainer = GradInitTrainer(model=tiny_bart(), args=args, train_dataset=seq2seq_examples(6))
     config = trainer.gradinit_config()
     assert trainer.gradinit_enabled
-    assert (config.eta, config.inner_optimizer, config.iterations) == (6e-4, "sgd", 100)
+    assert (config.eta, config.inner_optimizer, config.iterations) == (6e-4, "sgd", 200)
 
 
 def test_hf_argument_parser_sees_the_gradinit_arguments(tmp_path):
