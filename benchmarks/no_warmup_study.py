@@ -64,7 +64,7 @@ PRESETS: dict[str, dict] = {
 }
 LOG_EVERY = 10  # training-loss log interval (steps)
 FINAL_WINDOW = 100  # final loss = mean training loss over the last this many steps
-STALL_MARGIN = 0.25  # "stalled": final loss within this of the unigram loss
+STALL_MARGIN = 0.5  # "stalled": final train loss less than this below the unigram loss
 
 
 # --------------------------------------------------------------------------------------
@@ -433,7 +433,10 @@ def main(argv: list[str] | None = None) -> None:
     results_dir = Path(args.results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
     plot_losses(results, stall, results_dir / f"{name}_losses.png")
+    main_arm = shlex.split(args.gradinit_args)
     with_scales = [r for r in results if r.get("scales")]
+    # The scales of this grid's own GradInit setting, when --all_cached brings in others.
+    with_scales = [r for r in with_scales if r["gradinit_args"] == main_arm] or with_scales
     if with_scales:
         first = min(with_scales, key=lambda r: (abs(math.log(r["lr"] / 1e-3)), r["seed"]))
         plot_scales(
@@ -461,7 +464,7 @@ def main(argv: list[str] | None = None) -> None:
         f"GradInit flags; the full command of every run is in `{name}.json`).\n\n"
         f"{steps} steps a run. Final train loss = mean over the last {FINAL_WINDOW} steps; "
         f"val loss and BLEU (greedy sacreBLEU) are run.py's on the validation sentences it "
-        f"evaluates; 'stalled' = final train loss within {STALL_MARGIN} of the unigram loss "
+        f"evaluates; 'stalled' = final train loss not {STALL_MARGIN} below the unigram loss "
         f"({stall:.2f}) or NaN; the best warmup has the lowest val loss; GradInit time is its share of "
         f"GradInit + training. {timing}\n\n{table}\n\n"
         f"![losses]({name}_losses.png)\n\n![scales]({name}_scales.png)\n"
