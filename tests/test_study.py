@@ -1,0 +1,69 @@
+"""benchmarks/no_warmup_study.py: the grid it runs and how it scores runs (no training)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+STUDY = Path(__file__).resolve().parents[1] / "benchmarks" / "no_warmup_study.py"
+
+
+@pytest.fixture(scope="module")
+def study():
+    spec = importlib.util.spec_from_file_location("no_warmup_study", STUDY)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop(spec.name, None)
+
+
+def test_grid_flags_each_method_and_the_second_seed_only_where_asked(study):
+    args = study.parse_args(["--lrs", "1e-3", "2e-3", "--beta2s", "0.98", "--seeds", "1", "2"])
+    args.warmups = [100]
+    runs = {r["name"]: r for r in study.grid(args)}
+    # 2 lrs x (baseline, warmup, gradinit) for seed 1; the second seed only at 1e-3 / 0.98
+    assert len(runs) == 9
+    assert not any(name.endswith("lr0.002-b0.98-s2") for name in runs)
+    warm = runs["warmup100-lr0.001-b0.98-s1"]["flags"]
+    assert warm[warm.index("--warmup_steps") + 1] == "100" and "--no_gradinit" in warm
+    gradinit = next(r for n, r in runs.items() if n.startswith("gradinit") and "0.002" in n)
+    flags = gradinit["flags"]
+    assert flags[flags.index("--learning_rate") + 1] == "0.002"
+    assert flags[flags.index("--gradinit_iterations") + 1] == "200"  # the study's default
+    assert flags[flags.index("--warmup_steps") + 1] == "0"
+
+
+def test_passthrough_arguments_go_to_every_run(study):
+    args = study.parse_args(["--lrs", "1e-3", "--warmups", "100", "--", "--d_model", "64"])
+    assert args.passthrough == ["--d_model", "64"]
+    assert "--d_model" not in sum((r["flags"] for r in study.grid(args)), [])  # added later
+
+
+def _run(method, final, val, lr=1e-3, seed=1, gradinit_s=0.0):
+    losses = [(step, 9.0) for step in range(10, 600, 10)]
+    losses += [(step, final) for step in range(610, 701, 10)]
+    return dict(
+        lr=lr, beta2=0.98, seed=seed, method=method, losses=losses, eval_loss=val,
+        eval_bleu=0.0, gradinit_runtime_s=gradinit_s, train_runtime_s=300.0,
+        gradinit_args=["--gradinit_iterations", "200"] if method == "gradinit" else [],
+    )  # fmt: skip
+
+
+def test_table_scores_the_last_steps_marks_stalls_and_the_best_warmup(study):
+    results = [
+        _run("baseline", 6.1, 6.0),
+        _run("warmup-100", 4.5, 4.4),
+        _run("warmup-300", 4.2, 4.1),
+        _run("gradinit", 4.3, 4.2, gradinit_s=100.0),
+    ]
+    assert study.final_loss(results[0], 700) == pytest.approx(6.1)  # only the last 100 steps
+    rows = study.summarize(results, steps=700, stall=6.45).splitlines()[2:]
+    assert rows[0].startswith("| 0.001 | 0.98 | baseline | 1 | 6.10 | 6.00 |")
+    assert rows[0].split("|")[8].strip() == "yes"  # 6.1 is not 0.5 below 6.45: stalled
+    assert "warmup-300 (best warmup)" in rows[2] and "best" not in rows[1]
+    assert rows[3].split("|")[8].strip() == "no"
+    assert rows[3].split("|")[9].strip() == "25%"  # 100 s of GradInit in 400 s
