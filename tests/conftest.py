@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import (
@@ -232,3 +236,12 @@ def model_folder(path, model, tokenizer=None, weights: bool = True) -> str:
     if tokenizer is not None:
         tokenizer.save_pretrained(path)
     return str(path)
+
+
+def load_script(path: Path, name: str):
+    """Import a script that is not a package module (the example, a benchmark) by path."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up here
+    spec.loader.exec_module(module)
+    return module

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
 import os
 import shutil
@@ -14,6 +13,7 @@ from pathlib import Path
 import datasets
 import pytest
 import torch
+from conftest import load_script
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,12 +38,8 @@ TINY = [
 
 @pytest.fixture(scope="module")
 def run():
-    spec = importlib.util.spec_from_file_location("translation_run", RUN)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    yield load_script(RUN, "translation_run")
+    sys.modules.pop("translation_run", None)
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:

@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 
 STUDY = Path(__file__).resolve().parents[1] / "benchmarks" / "no_warmup_study.py"
 
 
 @pytest.fixture(scope="module")
 def study():
-    spec = importlib.util.spec_from_file_location("no_warmup_study", STUDY)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    yield load_script(STUDY, "no_warmup_study")
+    sys.modules.pop("no_warmup_study", None)
 
 
 def test_grid_flags_each_method_and_the_second_seed_only_where_asked(study):

@@ -306,14 +306,15 @@ def test_gradinit_off_trains_exactly_like_seq2seq_trainer(tmp_path):
     assert not hasattr(trainer.model.config, "gradinit")
 
 
-def test_run_gradinit_uses_gradinit_batch_size_and_logging_steps(tmp_path, monkeypatch):
-    sizes = []
+def _record_gradinit_batches(monkeypatch) -> list[dict]:
+    """Patch the trainer's GradInit call to record every batch GradInit draws (in a list)."""
+    seen: list[dict] = []
     real = trainer_module.compute_gradinit_scales
 
     def spy(model, batches, config, **kwargs):
         def recorded():
             for batch in batches:
-                sizes.append(batch["input_ids"].shape[0])
+                seen.append(batch)
                 yield batch
 
         class Again:  # re-iterable, like a DataLoader
@@ -323,11 +324,17 @@ def test_run_gradinit_uses_gradinit_batch_size_and_logging_steps(tmp_path, monke
         return real(model, Again(), config, **kwargs)
 
     monkeypatch.setattr(trainer_module, "compute_gradinit_scales", spy)
+    return seen
+
+
+def test_run_gradinit_uses_gradinit_batch_size_and_logging_steps(tmp_path, monkeypatch):
+    batches = _record_gradinit_batches(monkeypatch)
     args = _args(tmp_path, gradinit_iterations=5, gradinit_batch_size=4, gradinit_logging_steps=2)
     trainer = GradInitTrainer(model=tiny_bart(), args=args, train_dataset=seq2seq_examples(24))
     rng = torch.get_rng_state()
     result = trainer.run_gradinit()
     assert torch.equal(torch.get_rng_state(), rng)  # training's random streams are untouched
+    sizes = [batch["input_ids"].shape[0] for batch in batches]
     assert sizes[:5] == [4] * 5
     assert trainer._train_batch_size == 6  # the training batch size is left alone
     trainer.train()  # the model is initialized: train() only logs what run_gradinit did
@@ -367,22 +374,7 @@ def _pad_collator(seen: list[list[int]]):
 def test_gradinit_batches_are_random_not_the_longest_under_group_by_length(tmp_path, monkeypatch):
     data = _varied_length_examples(240)
     lengths = sorted(len(ex["input_ids"]) for ex in data)
-    gradinit_lengths = []
-    real = trainer_module.compute_gradinit_scales
-
-    def spy(model, batches, config, **kwargs):
-        def recorded():
-            for batch in batches:
-                gradinit_lengths.extend(batch["attention_mask"].sum(1).tolist())
-                yield batch
-
-        class Again:  # re-iterable, like a DataLoader
-            def __iter__(self):
-                return recorded()
-
-        return real(model, Again(), config, **kwargs)
-
-    monkeypatch.setattr(trainer_module, "compute_gradinit_scales", spy)
+    batches = _record_gradinit_batches(monkeypatch)
     collated: list[list[int]] = []
     args = _args(
         tmp_path,
@@ -396,6 +388,7 @@ def test_gradinit_batches_are_random_not_the_longest_under_group_by_length(tmp_p
     trainer.run_gradinit()
     # transformers' LengthGroupedSampler would give GradInit the longest 12 of a random 60
     # (mean ~37, none below ~30); a uniform sample has the dataset's mean, 21.
+    gradinit_lengths = [n for b in batches for n in b["attention_mask"].sum(1).tolist()]
     assert len(gradinit_lengths) == 12
     median, upper_quartile = lengths[len(lengths) // 2], lengths[3 * len(lengths) // 4]
     assert sum(gradinit_lengths) / 12 < upper_quartile
