@@ -9,6 +9,11 @@ from typing import Any, Literal
 
 InnerOptimizer = Literal["adam", "sgd"]
 GammaUnit = Literal["absolute", "per_parameter", "init"]
+ConstraintMoments = Literal["shared_second", "separate"]
+HvpMethod = Literal["forward_difference", "central_difference", "double_backward"]
+
+# Fields of earlier versions that loading a saved result ignores.
+_REMOVED_FIELDS = {"separate_constraint_moments"}
 
 
 class GradInitError(RuntimeError):
@@ -74,7 +79,11 @@ class GradInitConfig:
         metadata={"help": "Upper bound of the scales of 1-D gains (normalization weights)."},
     )
     scale_betas: tuple[float, float] = field(
-        default=(0.9, 0.98), metadata={"help": "Adam betas of the scale optimizer."}
+        default=(0.9, 0.98),
+        metadata={
+            "help": "Adam betas of the scale optimizer (see constraint_moments for how its "
+            "state is shared between the objective's and the bound's steps)."
+        },
     )
     scale_eps: float = field(default=1e-8, metadata={"help": "Adam eps of the scale optimizer."})
     scale_grad_clip: float | None = field(
@@ -84,12 +93,45 @@ class GradInitConfig:
             "the Transformer). None: no clipping."
         },
     )
-    separate_constraint_moments: bool = field(
-        default=True,
+    constraint_moments: ConstraintMoments = field(
+        default="shared_second",
         metadata={
-            "help": "Give the gradient-norm steps their own Adam moments (as the reference's "
-            "fairseq code does) instead of sharing those of the objective steps."
+            "help": "Scale-optimizer state of the bound's steps. 'shared_second' (the "
+            "reference's CIFAR RescaleAdam): own first moment and step count, second moment "
+            "shared with the objective's steps and bias-corrected by the total step count. "
+            "'separate' (its fairseq RescaleAdam): two independent Adams sharing only the "
+            "scales."
         },
+    )
+    hvp: HvpMethod = field(
+        default="forward_difference",
+        metadata={
+            "help": "How the bound's branch gets the gradient of the gradient norm, "
+            "<w0, H d> (H the loss Hessian, d = dnorm/dg). 'forward_difference': "
+            "(g(theta + r d) - g(theta)) / r, one extra forward/backward pass, no graph "
+            "through g, so fused SDPA / flash-attention kernels work; 'central_difference': "
+            "two extra passes, more accurate in float32; 'double_backward': exact, "
+            "differentiates through g (math attention kernel, ~2.6x a step's memory)."
+        },
+    )
+    lookahead_steps: int = field(
+        default=1,
+        metadata={
+            "help": "Number of early steps of the real optimizer simulated before the loss "
+            "on S~ is taken (1: the paper). Step j's direction is computed at the current "
+            "simulated point on its own batch and detached, as the paper detaches the first; "
+            "Adam steps use inner_betas. Costs one more forward/backward pass per extra step."
+        },
+    )
+    inner_betas: tuple[float, float] = field(
+        default=(0.9, 0.98),
+        metadata={
+            "help": "Adam betas of the simulated optimizer; only used by lookahead steps "
+            "after the first (whose Adam step is eta * sign(g) whatever the betas)."
+        },
+    )
+    inner_eps: float = field(
+        default=1e-8, metadata={"help": "Adam eps of the simulated optimizer (lookahead)."}
     )
     overlap: float = field(
         default=0.5,
@@ -114,12 +156,13 @@ class GradInitConfig:
 
     def __post_init__(self) -> None:
         self.scale_betas = tuple(self.scale_betas)  # JSON/YAML give lists
+        self.inner_betas = tuple(self.inner_betas)
         problems = []
         if self.inner_optimizer not in ("adam", "sgd"):
             problems.append(
                 f"inner_optimizer must be 'adam' or 'sgd', got {self.inner_optimizer!r}"
             )
-        for name in ("eta", "scale_lr", "min_scale", "max_scale", "scale_eps"):
+        for name in ("eta", "scale_lr", "min_scale", "max_scale", "scale_eps", "inner_eps"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 problems.append(f"{name} must be a positive finite number, got {value!r}")
@@ -139,8 +182,24 @@ class GradInitConfig:
             problems.append(
                 f"min_scale ({self.min_scale}) must not exceed max_scale ({self.max_scale})"
             )
-        if len(self.scale_betas) != 2 or not all(0 <= b < 1 for b in self.scale_betas):
-            problems.append(f"scale_betas must be two numbers in [0, 1), got {self.scale_betas!r}")
+        for name in ("scale_betas", "inner_betas"):
+            betas = getattr(self, name)
+            if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+                problems.append(f"{name} must be two numbers in [0, 1), got {betas!r}")
+        if self.constraint_moments not in ("shared_second", "separate"):
+            problems.append(
+                "constraint_moments must be 'shared_second' or 'separate', got "
+                f"{self.constraint_moments!r}"
+            )
+        if self.hvp not in ("forward_difference", "central_difference", "double_backward"):
+            problems.append(
+                "hvp must be 'forward_difference', 'central_difference' or 'double_backward', "
+                f"got {self.hvp!r}"
+            )
+        if not isinstance(self.lookahead_steps, int) or self.lookahead_steps < 1:
+            problems.append(
+                f"lookahead_steps must be an integer >= 1, got {self.lookahead_steps!r}"
+            )
         if self.scale_grad_clip is not None and not self.scale_grad_clip > 0:
             problems.append(f"scale_grad_clip must be positive or None, got {self.scale_grad_clip}")
         if not 0 <= self.overlap <= 1:
@@ -152,6 +211,44 @@ class GradInitConfig:
         if problems:
             raise ValueError("Invalid GradInitConfig: " + "; ".join(problems) + ".")
 
+    @classmethod
+    def reference(cls, learning_rate: float, **overrides: Any) -> GradInitConfig:
+        """The reference's Post-LN Transformer recipe (fairseq IWSLT'14 script of
+        zhuchen03/gradinit), for a run that trains with Adam at ``learning_rate``.
+
+        * ``eta`` = 2 x ``learning_rate`` (the script: eta 1e-3 for lr 5e-4);
+        * 780 iterations at scale lr 2.5e-3, scale betas (0.9, 0.98), eps 1e-8, no clipping;
+        * min scale 0.01, max scale 100 for normalization gains, biases >= 0;
+        * an l1 bound of 2.5e-5 per parameter: the script leaves fairseq's default gamma
+          1000 for a ~39.5M-parameter model (1000 / 39.5M ~ 2.5e-5), whose l1 gradient norm
+          at init (~25,000) starts far above it;
+        * S and S~ = the first and last two thirds of each batch (``overlap`` 0.5);
+        * the fairseq code's scale optimizer: the bound's steps have their own Adam state
+          (``constraint_moments="separate"``).
+
+        The loss is the one training computes (the reference's is label-smoothed 0.1): pass
+        it with ``loss_fn`` (``GradInitTrainer`` uses the trainer's own loss). ``overrides``
+        replace any field.
+        """
+        values: dict[str, Any] = dict(
+            inner_optimizer="adam",
+            eta=2.0 * learning_rate,
+            iterations=780,
+            scale_lr=2.5e-3,
+            scale_betas=(0.9, 0.98),
+            scale_eps=1e-8,
+            scale_grad_clip=None,
+            gamma=2.5e-5,
+            gamma_unit="per_parameter",
+            min_scale=0.01,
+            max_scale=100.0,
+            overlap=0.5,
+            constraint_moments="separate",
+            lookahead_steps=1,
+        )
+        values.update(overrides)
+        return cls(**values)
+
     @property
     def norm_type(self) -> Literal["l1", "l2"]:
         """The gradient norm bounded for this inner optimizer (l1 for Adam, l2 for SGD)."""
@@ -160,11 +257,13 @@ class GradInitConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["scale_betas"] = list(self.scale_betas)
+        d["inner_betas"] = list(self.inner_betas)
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> GradInitConfig:
         known = {f.name for f in dataclasses.fields(cls)}
+        d = {k: v for k, v in d.items() if k not in _REMOVED_FIELDS}
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"Unknown GradInitConfig fields: {unknown}. Known: {sorted(known)}.")

@@ -299,12 +299,20 @@ def _default_loss(outputs: Any, batch: Mapping[str, Any]) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def _gradinit_mode(model: nn.Module, device: torch.device):
-    """Dropout off, autocast off, attention that supports double backward; all restored."""
+def _gradinit_mode(model: nn.Module, device: torch.device, double_backward: bool = False):
+    """Dropout off, autocast off; with ``double_backward``, attention that supports it.
+
+    Everything is restored afterwards. Only ``hvp="double_backward"`` differentiates through
+    a gradient; the other settings run every kernel the model normally uses.
+    """
     modes = [(m, m.training) for m in model.modules()]
     config = getattr(model, "config", None)
     attn = getattr(config, "_attn_implementation", None)
-    switch_attn = attn not in (None, "eager", "sdpa") and hasattr(model, "set_attn_implementation")
+    switch_attn = (
+        double_backward
+        and attn not in (None, "eager", "sdpa")
+        and hasattr(model, "set_attn_implementation")
+    )
     model.eval()
     try:
         if switch_attn:  # e.g. flash_attention_2 kernels have no double backward
@@ -428,18 +436,30 @@ class ScaledModel:
         outputs = functional_call(self.model, tensors, args=(), kwargs=dict(batch))
         return self.loss_fn(outputs, batch).to(self.dtype)
 
-    def gradient(self, alpha: torch.Tensor, batch: Mapping[str, Any], create_graph: bool = False):
-        """Loss on ``batch`` at theta(alpha) and its gradient g w.r.t. theta.
+    def gradient(
+        self,
+        alpha: torch.Tensor,
+        batch: Mapping[str, Any],
+        create_graph: bool = False,
+        steps: list[torch.Tensor] | None = None,
+        eta: float = 0.0,
+    ):
+        """Loss on ``batch`` at theta(alpha) (minus ``eta * steps``) and its gradient g
+        w.r.t. theta, one tensor per trainable tensor.
 
-        With ``create_graph`` g stays differentiable w.r.t. alpha (for the norm's gradient).
+        With ``create_graph`` g stays differentiable w.r.t. alpha (for the exact norm's
+        gradient, ``hvp="double_backward"``).
         """
         a = alpha if create_graph else alpha.detach()
-        theta = self.theta(a)
+        theta = self.theta(a, steps, eta)
         leaves = {}
         for n, t in theta.items():
             if not create_graph or n not in self.index:
                 t = t.detach().requires_grad_(True)
             leaves[n] = t
+        return self._loss_and_grad(leaves, batch, create_graph)
+
+    def _loss_and_grad(self, leaves: dict[str, torch.Tensor], batch, create_graph: bool = False):
         context = _math_attention() if create_graph else contextlib.nullcontext()
         with context:
             loss = self.loss(leaves, batch)
@@ -452,7 +472,8 @@ class ScaledModel:
     def objective_grad(self, alpha, steps, eta: float, batch: Mapping[str, Any]):
         """Loss on ``batch`` after the simulated step, and d(loss / eta) / d alpha.
 
-        ``steps`` (A(g)) are constants: the reference detaches the step direction.
+        ``steps`` (A(g), or the sum of the lookahead's directions) are constants: the
+        reference detaches the step direction.
         """
         alpha = alpha.detach().requires_grad_(True)
         loss = self.loss(self.theta(alpha, steps, eta), batch)
@@ -462,11 +483,100 @@ class ScaledModel:
     def norm_grad(self, alpha: torch.Tensor, grads: list[torch.Tensor], direction):
         """d<g(alpha), direction>/d alpha: the gradient of ||g|| when direction = dnorm/dg.
 
-        ``grads`` must come from ``gradient(alpha, ..., create_graph=True)``.
+        Exact, by double backward: ``grads`` must come from
+        ``gradient(alpha, ..., create_graph=True)``.
         """
         surrogate = sum((g * v).sum() for g, v in zip(grads, direction))
         (grad,) = torch.autograd.grad(surrogate, alpha)
         return grad
+
+    def norm_grad_fd(
+        self,
+        alpha: torch.Tensor,
+        grads: list[torch.Tensor],
+        direction: list[torch.Tensor],
+        batch: Mapping[str, Any],
+        central: bool = False,
+    ) -> torch.Tensor:
+        """The same as :meth:`norm_grad` from gradients only: no graph through g.
+
+        With theta_i = alpha_i * w0_i, d<g, d>/d alpha_i = <w0_i, (H d)_i>, H the Hessian of
+        the loss w.r.t. theta (symmetric). H d is a finite difference of gradients along d:
+        forward (g(theta + r d) - g(theta)) / r, reusing ``grads`` = g(theta) on ``batch``,
+        or central (g(theta + r d) - g(theta - r d)) / 2r. The step moves theta by a fraction
+        h of its own norm, ||r d|| = h ||theta||, with h = sqrt(eps) (forward) or eps^(1/3)
+        (central) of the compute dtype: the usual balance of truncation against rounding
+        error (Nocedal & Wright, Numerical Optimization, sec. 8.1).
+        """
+        theta = self.theta(alpha.detach())
+        d_norm = math.sqrt(sum(float((d * d).sum()) for d in direction))
+        t_norm = math.sqrt(sum(float((t * t).sum()) for t in theta.values()))
+        if d_norm == 0:
+            return torch.zeros_like(alpha)
+        h = torch.finfo(self.dtype).eps ** 0.5
+        r = h * max(t_norm, 1e-3) / d_norm
+
+        def gradient_at(sign: float) -> list[torch.Tensor]:
+            leaves = {
+                n: (t + sign * r * d).detach().requires_grad_(True)
+                for (n, t), d in zip(theta.items(), direction)
+            }
+            return self._loss_and_grad(leaves, batch)[1]
+
+        plus = gradient_at(1.0)
+        if central:
+            minus = gradient_at(-1.0)
+            hd = [(p - m) / (2 * r) for p, m in zip(plus, minus)]
+        else:
+            hd = [(p - g.detach()) / r for p, g in zip(plus, grads)]
+        out = torch.zeros_like(alpha)
+        for k, n in enumerate(self.trainable):
+            i = self.index.get(n)
+            if i is not None:
+                out[i] = (hd[k] * self.w0[n]).sum()
+        return out
+
+
+class ScaleAdam:
+    """Adam over the scales, with the state the reference's ``RescaleAdam`` keeps.
+
+    The objective's steps and the bound's steps each have their own first moment and step
+    count. With ``constraint_moments="shared_second"`` (the reference's CIFAR code) they
+    share one second moment, bias-corrected by the total count of steps of both kinds;
+    with ``"separate"`` (its fairseq code) each kind has its own, corrected by its own
+    count. After each step the scales are clamped to ``[lower, upper]``. Step formula as
+    ``torch.optim.Adam``: alpha -= lr / bc1 * m / (sqrt(v / bc2) + eps).
+    """
+
+    BRANCHES = ("objective", "constraint")
+
+    def __init__(self, alpha: torch.Tensor, config: GradInitConfig, lower, upper):
+        self.alpha = alpha
+        self.lr, self.eps, self.clip = config.scale_lr, config.scale_eps, config.scale_grad_clip
+        self.betas = config.scale_betas
+        self.shared = config.constraint_moments == "shared_second"
+        self.lower, self.upper = lower, upper
+        self.exp_avg = {b: torch.zeros_like(alpha) for b in self.BRANCHES}
+        shared = torch.zeros_like(alpha)
+        self.exp_avg_sq = {
+            b: shared if self.shared else torch.zeros_like(alpha) for b in self.BRANCHES
+        }
+        self.steps = dict.fromkeys(self.BRANCHES, 0)
+
+    @torch.no_grad()
+    def step(self, grad: torch.Tensor, branch: str) -> None:
+        if self.clip is not None:
+            grad = grad.clamp(-self.clip, self.clip)
+        beta1, beta2 = self.betas
+        self.steps[branch] += 1
+        second_count = sum(self.steps.values()) if self.shared else self.steps[branch]
+        m = self.exp_avg[branch].mul_(beta1).add_(grad, alpha=1 - beta1)
+        v = self.exp_avg_sq[branch].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        bias1 = 1 - beta1 ** self.steps[branch]
+        bias2 = 1 - beta2**second_count
+        denom = (v / bias2).sqrt_().add_(self.eps)
+        self.alpha.sub_(self.lr / bias1 * m / denom)
+        self.alpha.copy_(torch.maximum(torch.minimum(self.alpha, self.upper), self.lower))
 
 
 def compute_gradinit_scales(
@@ -482,9 +592,9 @@ def compute_gradinit_scales(
     """Learn the GradInit scales of ``model`` from ``batches``; the model is not modified.
 
     ``batches`` is re-iterated as often as needed; each batch is split into S and S~ (see
-    :func:`split_batch`). ``accelerator`` (optional) gives the device and, with several
-    processes, averages gradients so every process learns the same scales. ``callback``
-    receives each iteration's record.
+    :func:`split_batch`); an iteration takes ``config.lookahead_steps`` batches. ``accelerator``
+    (optional) gives the device and, with several processes, averages gradients so every
+    process learns the same scales. ``callback`` receives each iteration's record.
     """
     config = config or GradInitConfig()
     _check_model(model)
@@ -505,13 +615,7 @@ def compute_gradinit_scales(
         dtype=dtype,
         device=device,
     )
-    adam_kwargs = dict(lr=config.scale_lr, betas=config.scale_betas, eps=config.scale_eps)
-    opt_objective = torch.optim.Adam([alpha], **adam_kwargs)
-    opt_constraint = (
-        torch.optim.Adam([alpha], **adam_kwargs)
-        if config.separate_constraint_moments
-        else opt_objective
-    )
+    optimizer = ScaleAdam(alpha, config, lower, upper)
     gamma_value: float | None = None
     if config.gamma is not None and config.gamma_unit == "absolute":
         gamma_value = config.gamma
@@ -519,16 +623,18 @@ def compute_gradinit_scales(
         n = problem.num_trainable
         gamma_value = config.gamma * (n if config.norm_type == "l1" else math.sqrt(n))
 
+    exact = config.hvp == "double_backward"
     generator = torch.Generator().manual_seed(config.seed)
     history: list[dict[str, Any]] = []
-    # Build the graph through g only when the norm branch is expected (it was taken last
-    # time); a wrong guess costs one extra pass, never a different result.
-    graph_next = config.gamma is not None
+    # With the exact norm gradient, build the graph through g only when the norm branch is
+    # expected (it was taken last time); a wrong guess costs one extra pass, never a
+    # different result. The finite-difference methods never need that graph.
+    graph_next = exact and config.gamma is not None
     skipped_in_row = 0
     progress = _progress(config.iterations, show_progress and is_main)
     data = _cycle(batches)
     try:
-        with _gradinit_mode(model, device):
+        with _gradinit_mode(model, device, double_backward=exact and config.gamma is not None):
             for it in range(config.iterations):
                 t0 = time.perf_counter()
                 batch = _to_device(next(data), device)
@@ -560,27 +666,35 @@ def compute_gradinit_scales(
                     branch = "skipped"
                 elif gamma_value is not None and norm > gamma_value:
                     branch = "constraint"
-                    if not graph_next:  # guessed wrong: redo S with the graph through g
-                        loss_s, grads = problem.gradient(alpha, batch_s, create_graph=True)
                     # d||G||/d alpha = <dnorm/dG, dg/d alpha>, G = the process mean of g.
                     direction = _norm_direction(g_mean, config.norm_type)
-                    alpha.grad = problem.norm_grad(alpha, grads, direction)
-                    reducer.mean_([alpha.grad])
-                    _step(alpha, opt_constraint, config, lower, upper)
+                    if exact:
+                        if not graph_next:  # guessed wrong: redo S with the graph through g
+                            loss_s, grads = problem.gradient(alpha, batch_s, create_graph=True)
+                        grad = problem.norm_grad(alpha, grads, direction)
+                    else:
+                        central = config.hvp == "central_difference"
+                        grad = problem.norm_grad_fd(alpha, grads, direction, batch_s, central)
+                    del grads, loss_s
+                    reducer.mean_([grad])
+                    optimizer.step(grad, "constraint")
                 else:
                     branch = "objective"
                     del grads, loss_s
                     steps = _inner_step(g_mean, config)
+                    if config.lookahead_steps > 1:
+                        steps, batch_t = _lookahead(
+                            problem, alpha, g_mean, steps, batch_t, data, config, reducer, generator
+                        )
                     loss_t, grad = problem.objective_grad(alpha, steps, config.eta, batch_t)
                     stats = loss_t.reshape(1).clone()
                     reducer.mean_([grad, stats])
                     record["loss_after_step"] = stats.item()
                     if math.isfinite(stats.item()) and bool(torch.isfinite(grad).all()):
-                        alpha.grad = grad
-                        _step(alpha, opt_objective, config, lower, upper)
+                        optimizer.step(grad, "objective")
                     else:
                         branch = "skipped"
-                graph_next = branch == "constraint"
+                graph_next = exact and branch == "constraint"
                 if branch == "skipped":
                     skipped_in_row += 1
                     if config.on_nonfinite == "raise" or skipped_in_row > config.max_skipped:
@@ -615,6 +729,38 @@ def compute_gradinit_scales(
         runtime_s=time.perf_counter() - start,
         num_processes=reducer.world,
     )
+
+
+def _lookahead(problem, alpha, g_first, first_step, batch_t, data, config, reducer, generator):
+    """Directions of steps 2..k of the simulated optimizer, summed with the first's.
+
+    Step j's gradient is taken at the simulated point theta(alpha) - eta * (sum of the
+    earlier directions), on the S half of a batch of its own, and detached (as the paper
+    detaches the first step). Adam steps follow torch.optim.Adam with ``inner_betas`` and
+    ``inner_eps``, except that the first is the eps -> 0 limit, sign(g). Returns the total
+    direction and the S~ of the last batch, where the objective is taken.
+    """
+    total = [s.clone() for s in first_step]
+    beta1, beta2 = config.inner_betas
+    exp_avg = [(1 - beta1) * g for g in g_first]
+    exp_avg_sq = [(1 - beta2) * g * g for g in g_first]
+    for j in range(2, config.lookahead_steps + 1):
+        batch = _to_device(next(data), problem.device)
+        batch_s, batch_t = split_batch(batch, config.overlap, generator)
+        _, grads = problem.gradient(alpha, batch_s, steps=total, eta=config.eta)
+        grads = [g.detach() for g in grads]
+        reducer.mean_(grads)
+        if config.inner_optimizer == "adam":
+            bias1, bias2 = 1 - beta1**j, 1 - beta2**j
+            step = []
+            for m, v, g in zip(exp_avg, exp_avg_sq, grads):
+                m.mul_(beta1).add_(g, alpha=1 - beta1)
+                v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+                step.append((m / bias1) / ((v / bias2).sqrt() + config.inner_eps))
+        else:
+            step = _inner_step(grads, config)
+        total = [t + s for t, s in zip(total, step)]
+    return total, batch_t
 
 
 def _first_gradient(problem, alpha, batch, create_graph, loss_fn):
@@ -659,15 +805,6 @@ def _inner_step(grads: list[torch.Tensor], config: GradInitConfig) -> list[torch
         total = math.sqrt(sum(float((g * g).sum()) for g in grads)) or 1.0
         return [g / total for g in grads]
     return grads
-
-
-def _step(alpha, optimizer, config, lower, upper) -> None:
-    if config.scale_grad_clip is not None:
-        alpha.grad.clamp_(-config.scale_grad_clip, config.scale_grad_clip)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    with torch.no_grad():
-        alpha.copy_(torch.maximum(torch.minimum(alpha, upper), lower))
 
 
 def _math_attention():

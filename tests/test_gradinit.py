@@ -118,9 +118,38 @@ def test_gradient_norm_gradient_matches_finite_differences(norm_type):
         assert analytic[i].item() == pytest.approx(numeric, rel=1e-4, abs=1e-6), problem.names[i]
 
 
-def test_tiny_bound_takes_constraint_branch_and_lowers_the_norm():
+@pytest.mark.parametrize("norm_type", ["l1", "l2"])
+@pytest.mark.parametrize("factory", [tiny_marian, tiny_bart], ids=["marian", "bart"])
+def test_hessian_vector_products_from_gradients_match_double_backward(factory, norm_type):
+    """The finite-difference norm gradients against the exact (double-backward) one, float64.
+
+    Marian's relu makes the loss piecewise smooth, so a difference step can cross a kink
+    that the exact second derivative ignores: that is the larger error there.
+    """
+    torch.manual_seed(0)
+    model = factory(attn_implementation="eager").double().eval()
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n.endswith("bias"):
+                p.normal_(0, 0.05)
+    problem = ScaledModel(model, torch.device("cpu"))
+    alpha = _perturbed_alpha(problem).requires_grad_(True)
+    batch = _batch()
+    _, grads = problem.gradient(alpha, batch, create_graph=True)
+    direction = _norm_direction([g.detach() for g in grads], norm_type)
+    exact = problem.norm_grad(alpha, grads, direction)
+    _, plain = problem.gradient(alpha, batch)
+    for central in (False, True):
+        approx = problem.norm_grad_fd(alpha, plain, direction, batch, central=central)
+        assert ((approx - exact).norm() / exact.norm()).item() < 1e-3, central
+
+
+@pytest.mark.parametrize("hvp", ["forward_difference", "central_difference", "double_backward"])
+def test_tiny_bound_takes_constraint_branch_and_lowers_the_norm(hvp):
     model = tiny_marian()
-    config = GradInitConfig(iterations=15, scale_lr=2e-2, gamma=1e-3, gamma_unit="absolute")
+    config = GradInitConfig(
+        iterations=15, scale_lr=2e-2, gamma=1e-3, gamma_unit="absolute", hvp=hvp
+    )
     result = compute_gradinit_scales(model, [_batch(12)], config, show_progress=False)
     assert [h["branch"] for h in result.history] == ["constraint"] * 15
     norms = [h["grad_norm"] for h in result.history]
@@ -269,3 +298,108 @@ def test_tensors_the_model_does_not_save_get_no_scale(tmp_path):
     names = {s.name for s in find_scaled_tensors(reloaded)}
     assert positions not in names
     assert "model.encoder.layers.0.fc1.weight" in names
+
+
+def test_lookahead_follows_the_real_optimizer_and_its_gradient_matches_finite_differences():
+    """k=3: the simulated points are where torch.optim.Adam takes a copy of the model (an
+    independent path), and d(loss/eta)/d alpha with the detached directions matches central
+    finite differences."""
+    from hf_gradinit.gradinit import _lookahead, _Reducer
+
+    model = _float64_marian()
+    eta, betas = 1e-2, (0.9, 0.98)
+    # eps tiny on both sides, so Adam's real first step eta * g / (|g| + eps) is the
+    # paper's eta * sign(g) to rounding.
+    config = GradInitConfig(
+        eta=eta, lookahead_steps=3, inner_betas=betas, inner_eps=1e-30, overlap=1.0
+    )
+    problem = ScaledModel(model, torch.device("cpu"))
+    alpha = _perturbed_alpha(problem)
+    batches = [_batch(seed=s) for s in (0, 1, 2)]
+    _, g1 = problem.gradient(alpha, batches[0])
+    total, batch_t = _lookahead(
+        problem,
+        alpha,
+        g1,
+        _inner_step(g1, config),
+        batches[0],
+        iter(batches[1:]),
+        config,
+        _Reducer(None),
+        torch.Generator().manual_seed(0),
+    )
+    simulated = problem.theta(alpha, total, eta)
+
+    real = _model_at(model, problem.theta(alpha))
+    params = dict(real.named_parameters())
+    optimizer = torch.optim.Adam(
+        [params[n] for n in problem.trainable], lr=eta, betas=betas, eps=1e-30
+    )
+    for batch in batches:
+        real(**batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    for n in problem.trainable:
+        if n.endswith("k_proj.bias"):
+            # The softmax ignores a key bias: its gradient is rounding noise, whose sign
+            # (the paper's step) differs between the two paths.
+            continue
+        torch.testing.assert_close(simulated[n], params[n].detach(), rtol=0, atol=eta * 1e-6)
+
+    _, analytic = problem.objective_grad(alpha, total, eta, batch_t)
+
+    def objective(a):
+        with torch.no_grad():
+            return problem.loss(problem.theta(a, total, eta), batch_t).item() / eta
+
+    for i in range(0, len(alpha), 3):
+        up, down = alpha.clone(), alpha.clone()
+        up[i] += 1e-6
+        down[i] -= 1e-6
+        numeric = (objective(up) - objective(down)) / 2e-6
+        assert analytic[i].item() == pytest.approx(numeric, rel=1e-5, abs=1e-6), problem.names[i]
+
+
+def test_lookahead_runs_end_to_end_and_draws_one_batch_per_step():
+    seen = []
+
+    class Counting(list):
+        def __iter__(self):
+            for b in super().__iter__():
+                seen.append(1)
+                yield b
+
+    config = GradInitConfig(iterations=4, eta=1e-2, scale_lr=1e-2, lookahead_steps=3)
+    data = Counting([_batch(9, seed=s) for s in range(5)])
+    result = compute_gradinit_scales(tiny_marian(), data, config, show_progress=False)
+    assert len(seen) == 4 * 3
+    assert all(h["branch"] == "objective" for h in result.history)
+    assert result.scales != dict.fromkeys(result.scales, 1.0)
+
+
+def test_norm_branch_needs_no_double_backward_by_default(monkeypatch):
+    """The finite-difference norm gradient keeps the model's own attention kernels."""
+    import hf_gradinit.gradinit as core
+
+    def forbidden():
+        raise AssertionError("the math attention kernel was switched on")
+
+    monkeypatch.setattr(core, "_math_attention", forbidden)
+    model = tiny_marian()  # sdpa attention
+    config = GradInitConfig(iterations=3, gamma=1e-3, gamma_unit="absolute")
+    result = compute_gradinit_scales(model, [_batch(9)], config, show_progress=False)
+    assert [h["branch"] for h in result.history] == ["constraint"] * 3
+    with pytest.raises(Exception, match="math attention"):
+        compute_gradinit_scales(
+            model,
+            [_batch(9)],
+            GradInitConfig(**{**config.to_dict(), "hvp": "double_backward"}),
+            show_progress=False,
+        )
+
+
+def test_saved_configs_of_earlier_versions_still_load():
+    legacy = {**GradInitConfig().to_dict(), "separate_constraint_moments": True}
+    assert GradInitConfig.from_dict(legacy) == GradInitConfig()
+    with pytest.raises(ValueError, match="Unknown GradInitConfig fields"):
+        GradInitConfig.from_dict({"not_a_field": 1})
