@@ -97,6 +97,15 @@ class GradInitArguments:
     step the real optimizer will take, so they should match it.
     """
 
+    gradinit_recipe: Literal["default", "reference"] = field(
+        default="default",
+        metadata={
+            "help": "'reference': the reference code's Post-LN Transformer recipe "
+            "(GradInitConfig.reference: 780 iterations, scale lr 2.5e-3, an l1 bound of "
+            "2.5e-5 per parameter, its fairseq scale-optimizer state, eta 2x lr) for every "
+            "gradinit_* argument left at its default; arguments you set win."
+        },
+    )
     gradinit_iterations: int = _core(
         "iterations",
         default=200,
@@ -136,7 +145,11 @@ class GradInitArguments:
     gradinit_scale_betas: list[float] = _core("scale_betas")
     gradinit_scale_eps: float = _core("scale_eps")
     gradinit_scale_grad_clip: float | None = _core("scale_grad_clip")
-    gradinit_separate_constraint_moments: bool = _core("separate_constraint_moments")
+    gradinit_constraint_moments: Literal["shared_second", "separate"] = _core("constraint_moments")
+    gradinit_hvp: Literal["forward_difference", "central_difference", "double_backward"] = _core(
+        "hvp"
+    )
+    gradinit_lookahead_steps: int = _core("lookahead_steps")
     gradinit_overlap: float = _core("overlap")
     gradinit_seed: int | None = field(
         default=None,
@@ -171,6 +184,10 @@ class GradInitArguments:
                 "gradinit_inner_optimizer must be 'adam', 'sgd' or None (follow `optim`), got "
                 f"{self.gradinit_inner_optimizer!r}"
             )
+        if self.gradinit_recipe not in ("default", "reference"):
+            problems.append(
+                f"gradinit_recipe must be 'default' or 'reference', got {self.gradinit_recipe!r}"
+            )
         if self.gradinit_batch_size is not None and self.gradinit_batch_size < 2:
             problems.append(
                 f"gradinit_batch_size must be >= 2 (each batch is split in two), got "
@@ -179,19 +196,44 @@ class GradInitArguments:
         if problems:
             raise ValueError("Invalid GradInit arguments: " + "; ".join(problems) + ".")
 
+    def _recipe_values(self) -> dict[str, Any]:
+        """The reference recipe's value of every core field left at its argument default."""
+        defaults = {
+            f.name: f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+            for f in dataclasses.fields(self)
+        }
+        recipe = GradInitConfig.reference(learning_rate=1.0).to_dict()
+        out = {}
+        for name, value in recipe.items():
+            arg = f"gradinit_{name}"
+            if name in ("eta", "seed", "inner_optimizer") or arg not in defaults:
+                continue
+            current = getattr(self, arg)
+            same = (
+                list(current) == list(defaults[arg])
+                if isinstance(current, (list, tuple))
+                else current == defaults[arg]
+            )
+            if same:
+                out[name] = value
+        return out
+
     def to_gradinit_config(
         self,
         learning_rate: float | None = None,
         optim: Any = None,
         seed: int | None = None,
         *,
+        betas: tuple[float, float] | None = None,
+        eps: float | None = None,
         warn: bool = True,
     ) -> GradInitConfig:
         """The :class:`GradInitConfig` for a run that trains with ``optim`` at ``learning_rate``.
 
         eta = ``gradinit_eta`` or ``gradinit_eta_multiplier * learning_rate``; the inner
         optimizer = ``gradinit_inner_optimizer`` or the one ``optim`` implies. Values forced
-        against the run's optimizer are kept, with a warning (``warn``).
+        against the run's optimizer are kept, with a warning (``warn``). ``betas`` and
+        ``eps`` (the run's Adam settings) are those of the simulated lookahead steps.
         """
         expected_eta = (
             None if learning_rate is None else self.gradinit_eta_multiplier * learning_rate
@@ -244,6 +286,12 @@ class GradInitArguments:
             for name in _CORE_FIELDS
             if hasattr(self, f"gradinit_{name}")
         }
+        if self.gradinit_recipe == "reference":
+            values.update(self._recipe_values())
+        if betas is not None:
+            values["inner_betas"] = tuple(betas)
+        if eps is not None:
+            values["inner_eps"] = eps
         values.update(
             eta=eta,
             inner_optimizer=inner or "adam",
@@ -297,6 +345,8 @@ class GradInitTrainingArguments(GradInitArguments, Seq2SeqTrainingArguments):
         optim: Any = None,
         seed: int | None = None,
         *,
+        betas: tuple[float, float] | None = None,
+        eps: float | None = None,
         warn: bool = True,
     ) -> GradInitConfig:
         """The :class:`GradInitConfig` of this run (eta and inner optimizer follow
@@ -305,6 +355,8 @@ class GradInitTrainingArguments(GradInitArguments, Seq2SeqTrainingArguments):
             learning_rate=self.learning_rate if learning_rate is None else learning_rate,
             optim=self.optim if optim is None else optim,
             seed=self.seed if seed is None else seed,
+            betas=(self.adam_beta1, self.adam_beta2) if betas is None else betas,
+            eps=self.adam_epsilon if eps is None else eps,
             warn=warn,
         )
 

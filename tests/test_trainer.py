@@ -118,12 +118,41 @@ def test_arguments_follow_optim_and_learning_rate(tmp_path):
     # Every GradInitConfig setting has a gradinit_* argument that reaches the config.
     core = {f.name for f in dataclasses.fields(GradInitConfig)}
     mine = {f.name for f in dataclasses.fields(GradInitArguments)}
-    derived = {"eta", "inner_optimizer", "seed"}  # from learning_rate / optim / seed
+    # from learning_rate / optim / seed / adam_beta1, adam_beta2 / adam_epsilon
+    derived = {"eta", "inner_optimizer", "seed", "inner_betas", "inner_eps"}
     assert {f"gradinit_{n}" for n in core - derived} <= mine
     custom = GradInitTrainingArguments(
         output_dir=str(tmp_path), gradinit_min_scale=0.2, gradinit_scale_betas=[0.5, 0.6]
     ).to_gradinit_config()
     assert custom.min_scale == 0.2 and custom.scale_betas == (0.5, 0.6)
+
+
+def test_reference_recipe_in_one_argument(tmp_path):
+    from hf_gradinit.cli import _parsers, _to_dataclass
+
+    args = GradInitTrainingArguments(
+        output_dir=str(tmp_path), learning_rate=5e-4, adam_beta2=0.999, gradinit_recipe="reference"
+    )
+    config = args.to_gradinit_config()
+    expected = GradInitConfig.reference(5e-4, seed=args.seed, inner_betas=(0.9, 0.999))
+    assert config == expected
+    assert (config.iterations, config.scale_lr, config.eta) == (780, 2.5e-3, 1e-3)
+    assert (config.gamma, config.gamma_unit) == (2.5e-5, "per_parameter")
+    assert config.constraint_moments == "separate"
+    # An argument set away from its default wins over the recipe.
+    mine = GradInitTrainingArguments(
+        output_dir=str(tmp_path), gradinit_recipe="reference", gradinit_iterations=50
+    ).to_gradinit_config()
+    assert (mine.iterations, mine.scale_lr) == (50, 2.5e-3)
+    # The same argument in `hf-gradinit init`.
+    namespace = _parsers().parse_args(
+        ["init", "--model_path", "m", "--train_file", "t", "--output_dir", "o"]
+        + ["--gradinit_recipe", "reference"]
+    )
+    cli = _to_dataclass(GradInitArguments, namespace).to_gradinit_config(learning_rate=5e-4)
+    assert cli == GradInitConfig.reference(5e-4, seed=cli.seed)
+    with pytest.raises(ValueError, match="gradinit_recipe"):
+        GradInitTrainingArguments(output_dir=str(tmp_path), gradinit_recipe="paper")
 
 
 def test_forced_mismatches_warn_and_bad_values_raise(tmp_path):
