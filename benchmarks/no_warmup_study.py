@@ -2,23 +2,29 @@
 
 Runs the translation example (``examples/translation/run.py``: its Post-LN Marian, its
 tokenizer, its data pipeline, ``GradInitTrainer``) once per configuration on the shipped
-De-En corpus, with a fixed step budget, comparing at each learning rate and Adam beta2:
+De-En corpus, with a fixed step budget, comparing at each embedding layout, learning rate
+and Adam beta2:
 
 * ``baseline``: no warmup;
 * ``warmup-W``: linear warmup over W steps (the best of ``--warmups`` is marked);
-* ``gradinit``: GradInit, then no warmup (settings: ``--gradinit_args``).
+* ``gradinit``: GradInit, then no warmup (settings: ``--gradinit_args``);
+* any ``--extra_method NAME=FLAGS`` (e.g. a Pre-LN model or another optimizer).
 
-Every run is one ``run.py`` process (one thread each on a CPU, ``--workers`` side by side)
-writing to its own folder under ``--cache_dir``; a finished run leaves ``study_run.json``
-there and is never redone, so the study resumes after an interruption (delete a folder to
-redo a run). Results go to ``benchmarks/results/``: a markdown table, loss curves per
-configuration and the learned scales per layer.
+Every run is one ``run.py`` process (one thread each on a CPU, ``--workers`` side by side).
+The results JSON under ``benchmarks/results/`` is the study's cache: each finished run is
+written to it at once and a run it holds is never redone, so the study resumes after an
+interruption, also on a fresh machine with the committed file (delete a record to redo a
+run). Next to it: a markdown table, loss curves per configuration and the learned scales.
 
-    python benchmarks/no_warmup_study.py                 # CPU preset, 24 runs (~80 min, 2 cores)
-    python benchmarks/no_warmup_study.py --seeds 1 2     # + a second seed at lr 1e-3 (~95 min)
+    python benchmarks/no_warmup_study.py                 # CPU preset, reference layout
+    python benchmarks/no_warmup_study.py --layouts reference shared --lrs 1e-3 2e-3 \\
+        --beta2s 0.98 --seeds 1 2 --second_seed_cells 1e-3:0.98 2e-3:0.98 --warmups 300
     python benchmarks/no_warmup_study.py --preset gpu --device cuda --workers 1
     python benchmarks/no_warmup_study.py --lrs 1e-3 --gradinit_args="--gradinit_gamma 1.0"
     python benchmarks/no_warmup_study.py --lrs 1e-3 -- --per_device_train_batch_size 64
+
+The first version of this study (all-shared layout, GradInit 200 iterations of the
+defaults then) is kept in ``results/no_warmup_study_v1.*``.
 """
 
 from __future__ import annotations
@@ -31,9 +37,11 @@ import math
 import os
 import re
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -77,46 +85,58 @@ def _hash(obj) -> str:
     return hashlib.sha1(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:8]
 
 
+LAYOUTS = {
+    # run.py's Marian default: the encoder embedding separate, the decoder's input and
+    # output tied (fairseq's transformer_iwslt_de_en, the reference's model).
+    "reference": [],
+    # Hugging Face Marian's default: one matrix for encoder input, decoder input and output.
+    "shared": ["--share_all_embeddings", "True"],
+}
+
+
 def grid(args) -> list[dict]:
-    """Every run of the study: a name (its folder) and its run.py arguments."""
+    """Every run of the study: a name (its record's key) and its run.py arguments."""
     runs = []
     gradinit_args = shlex.split(args.gradinit_args)
     variant = _hash(gradinit_args)
-    for seed in args.seeds:
-        for lr in args.lrs:
-            for beta2 in args.beta2s:
-                if seed != args.seeds[0] and (lr, beta2) not in args.second_seed_cells:
-                    continue
-                tag = f"lr{lr:g}-b{beta2:g}-s{seed}"
-                common = dict(lr=lr, beta2=beta2, seed=seed)
-                flags = ["--learning_rate", str(lr), "--adam_beta2", str(beta2)]
-                flags += ["--seed", str(seed)]
-                runs.append(
-                    dict(
-                        **common,
-                        method="baseline",
-                        name=f"baseline-{tag}",
-                        flags=[*flags, "--no_gradinit", "--warmup_steps", "0"],
-                    )
-                )
-                for w in args.warmups:
-                    runs.append(
-                        dict(
-                            **common,
-                            method=f"warmup-{w}",
-                            name=f"warmup{w}-{tag}",
-                            flags=[*flags, "--no_gradinit", "--warmup_steps", str(w)],
+    methods: list[tuple[str, str, list[str], dict]] = [
+        ("baseline", "baseline", ["--no_gradinit", "--warmup_steps", "0"], {})
+    ]
+    methods += [
+        (f"warmup-{w}", f"warmup{w}", ["--no_gradinit", "--warmup_steps", str(w)], {})
+        for w in args.warmups
+    ]
+    methods.append(
+        (
+            "gradinit",
+            f"gradinit-{variant}",
+            ["--gradinit", "True", "--warmup_steps", "0", *gradinit_args],
+            {"gradinit_args": gradinit_args},
+        )
+    )
+    for name, flags in args.extra_methods:
+        methods.append((name, f"{name}-{_hash(flags)}", ["--warmup_steps", "0", *flags], {}))
+    methods = [m for m in methods if args.methods is None or m[0].split("-")[0] in args.methods]
+    for layout in args.layouts:
+        for seed in args.seeds:
+            for lr in args.lrs:
+                for beta2 in args.beta2s:
+                    if seed != args.seeds[0] and (lr, beta2) not in args.second_seed_cells:
+                        continue
+                    tag = f"{layout}-lr{lr:g}-b{beta2:g}-s{seed}"
+                    common = dict(layout=layout, lr=lr, beta2=beta2, seed=seed)
+                    flags = ["--learning_rate", str(lr), "--adam_beta2", str(beta2)]
+                    flags += ["--seed", str(seed), *LAYOUTS[layout]]
+                    for method, prefix, method_flags, extra in methods:
+                        runs.append(
+                            dict(
+                                **common,
+                                **extra,
+                                method=method,
+                                name=f"{prefix}-{tag}",
+                                flags=[*flags, *method_flags],
+                            )
                         )
-                    )
-                runs.append(
-                    dict(
-                        **common,
-                        method="gradinit",
-                        gradinit_args=gradinit_args,
-                        name=f"gradinit-{variant}-{tag}",
-                        flags=[*flags, "--gradinit", "True", "--warmup_steps", "0"] + gradinit_args,
-                    )
-                )
     return runs
 
 
@@ -145,12 +165,38 @@ def prepare_tokenizer(folder: Path, base_args: list[str], device_args: list[str]
     return folder
 
 
-def run_one(run: dict, base_args: list[str], device_args: list[str], cache: Path, env: dict):
-    """Train one configuration with run.py, or load it from the cache."""
+class Records:
+    """The study's committed results JSON, used as its cache: a run it holds is not rerun.
+
+    Each finished run is written at once (atomically), so an interrupted study, on this
+    machine or a fresh one with the committed file, resumes where it stopped.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.lock = threading.Lock()
+        self.runs: dict[str, dict] = {}
+        if path.exists():
+            self.runs = {r["name"]: r for r in json.loads(path.read_text())}
+
+    def get(self, name: str) -> dict | None:
+        return self.runs.get(name)
+
+    def add(self, record: dict) -> None:
+        with self.lock:
+            self.runs[record["name"]] = record
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(list(self.runs.values()), indent=1) + "\n")
+            tmp.replace(self.path)
+
+
+def run_one(run: dict, base_args: list[str], device_args: list[str], cache: Path, env: dict,
+            records: Records):  # fmt: skip
+    """Train one configuration with run.py, unless the records hold it already."""
+    cached = records.get(run["name"])
+    if cached is not None:
+        return cached
     folder = cache / run["name"]
-    done = folder / "study_run.json"
-    if done.exists():
-        return json.loads(done.read_text())
     folder.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, str(RUN_PY), *base_args, *device_args, *run["flags"]]
     command += ["--output_dir", str(folder), "--tokenizer_name", str(cache / "tokenizer")]
@@ -165,8 +211,9 @@ def run_one(run: dict, base_args: list[str], device_args: list[str], cache: Path
         raise RuntimeError(f"{run['name']} failed (exit {proc.returncode}); see {folder}/log.txt")
     metrics = json.loads((folder / "all_results.json").read_text())
     history = json.loads((folder / "trainer_state.json").read_text())["log_history"]
-    losses = [(h["step"], h["loss"]) for h in history if "loss" in h and "step" in h]
+    losses = [(h["step"], round(h["loss"], 4)) for h in history if "loss" in h and "step" in h]
     scales_file = folder / "gradinit_scales.json"
+    gradinit = json.loads(scales_file.read_text()) if scales_file.exists() else None
     out = {
         **{k: v for k, v in run.items() if k != "flags"},
         "command": shlex.join(["python", *command[1:]]).replace(f"{ROOT}/", ""),
@@ -176,10 +223,10 @@ def run_one(run: dict, base_args: list[str], device_args: list[str], cache: Path
         "train_runtime_s": metrics.get("train_runtime"),
         "gradinit_runtime_s": metrics.get("gradinit_runtime_s", 0.0),
         "wall_s": wall,
-        "scales": json.loads(scales_file.read_text())["scales"] if scales_file.exists() else None,
+        "scales": {k: round(v, 4) for k, v in gradinit["scales"].items()} if gradinit else None,
     }
-    (folder / "model.safetensors").unlink(missing_ok=True)  # keep the cache small
-    done.write_text(json.dumps(out))
+    shutil.rmtree(folder, ignore_errors=True)  # the record holds what the study needs
+    records.add(out)
     return {**out, "_ran_now": True}
 
 
@@ -220,17 +267,19 @@ def _run_time(run: dict) -> float:
 def summarize(results: list[dict], steps: int, stall: float) -> str:
     cells: dict[tuple, dict[str, list[dict]]] = {}
     for r in results:
-        cells.setdefault((r["lr"], r["beta2"]), {}).setdefault(label(r), []).append(r)
+        key = (r.get("layout", "shared"), r["lr"], r["beta2"])
+        cells.setdefault(key, {}).setdefault(label(r), []).append(r)
     lines = [
-        "| lr | beta2 | method | seeds | final train loss | val loss | val BLEU | stalled | "
-        "GradInit time (% of run) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| layout | lr | beta2 | method | seeds | final train loss | val loss | val BLEU | "
+        "stalled | GradInit time (% of run) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for (lr, beta2), methods in sorted(cells.items()):
+    for (layout, lr, beta2), methods in sorted(cells.items()):
         warm = {m: rs for m, rs in methods.items() if m.startswith("warmup")}
         best = min(warm, key=lambda m: _mean(r["eval_loss"] for r in warm[m])) if warm else None
         order = ["baseline", *sorted(warm, key=lambda m: int(m.split("-")[1]))]
         order += sorted(m for m in methods if m.startswith("gradinit"))
+        order += sorted(m for m in methods if m not in order)
         for method in order:
             rs = sorted(methods.get(method, []), key=lambda r: r["seed"])
             if not rs:
@@ -243,7 +292,7 @@ def summarize(results: list[dict], steps: int, stall: float) -> str:
                     f"{100 * r['gradinit_runtime_s'] / _run_time(r):.0f}%" for r in rs
                 )
             lines.append(
-                f"| {lr:g} | {beta2:g} | {name} | {len(rs)} | "
+                f"| {layout} | {lr:g} | {beta2:g} | {name} | {len(rs)} | "
                 + ", ".join(f"{x:.2f}" for x in finals)
                 + " | "
                 + ", ".join(f"{r['eval_loss']:.2f}" for r in rs)
@@ -262,9 +311,10 @@ def plot_losses(results: list[dict], stall: float, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    lrs, beta2s = sorted({r["lr"] for r in results}), sorted({r["beta2"] for r in results})
+    lrs = sorted({r["lr"] for r in results})
+    rows = sorted({(r.get("layout", "shared"), r["beta2"]) for r in results})
     fig, axes = plt.subplots(
-        len(beta2s), len(lrs), figsize=(4.2 * len(lrs), 3.2 * len(beta2s)), squeeze=False
+        len(rows), len(lrs), figsize=(4.2 * len(lrs), 3.2 * len(rows)), squeeze=False
     )
     labels = sorted({label(r) for r in results})
     warm = iter(["tab:orange", "tab:olive", "tab:brown", "tab:pink"])
@@ -275,14 +325,14 @@ def plot_losses(results: list[dict], stall: float, path: Path) -> None:
             colors[lab] = next(grad if lab.startswith("gradinit") else warm, "black")
     seeds = sorted({r["seed"] for r in results})
     for r in sorted(results, key=label):
-        ax = axes[beta2s.index(r["beta2"])][lrs.index(r["lr"])]
+        ax = axes[rows.index((r.get("layout", "shared"), r["beta2"]))][lrs.index(r["lr"])]
         steps, losses = zip(*r["losses"]) if r["losses"] else ((), ())
         style = "-" if r["seed"] == seeds[0] else ":"
         ax.plot(steps, losses, style, color=colors[label(r)], lw=1.1, label=label(r))
-    for i, b2 in enumerate(beta2s):
+    for i, (layout, b2) in enumerate(rows):
         for j, lr in enumerate(lrs):
             ax = axes[i][j]
-            ax.set_title(f"lr {lr:g}, beta2 {b2:g}", fontsize=9)
+            ax.set_title(f"{layout} layout, lr {lr:g}, beta2 {b2:g}", fontsize=9)
             ax.axhline(stall, color="gray", lw=0.6, ls="--")
             ax.set_ylim(2, 8.5)
             ax.set_xlabel("step", fontsize=8)
@@ -296,7 +346,7 @@ def plot_losses(results: list[dict], stall: float, path: Path) -> None:
             handles.setdefault(lab, handle)
     fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=4, fontsize=7)
     fig.suptitle(
-        "Post-LN Marian 6+6 on LibreOffice help De-En: no warmup, warmup, GradInit "
+        "6+6 Transformers on LibreOffice help De-En: no warmup, warmup, GradInit "
         "(dashed: the unigram loss, where training stalls; dotted: second seed)",
         fontsize=9,
     )
@@ -354,6 +404,20 @@ def parse_args(argv: list[str] | None):
     )
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--layouts", nargs="+", choices=sorted(LAYOUTS), default=["reference"])
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        help="only these methods (baseline, warmup, gradinit, or an --extra_method's name)",
+    )
+    parser.add_argument(
+        "--extra_method",
+        action="append",
+        default=[],
+        metavar="NAME=FLAGS",
+        help="another method: its name and its run.py flags, e.g. "
+        "'preln=--model_type mbart --no_gradinit' (repeatable)",
+    )
     parser.add_argument("--lrs", type=float, nargs="+", default=[5e-4, 1e-3, 2e-3])
     parser.add_argument("--beta2s", type=float, nargs="+", default=[0.98, 0.999])
     parser.add_argument("--warmups", type=int, nargs="+", help="default: the preset's")
@@ -375,11 +439,13 @@ def parse_args(argv: list[str] | None):
     parser.add_argument("--results_dir", default=str(RESULTS))
     parser.add_argument("--results_name", default="no_warmup_study")
     parser.add_argument("--only", nargs="+", help="only the runs whose name contains one of these")
-    parser.add_argument("--report_only", action="store_true", help="run nothing; report the cache")
     parser.add_argument(
-        "--all_cached",
+        "--report_only", action="store_true", help="run nothing; report the records"
+    )
+    parser.add_argument(
+        "--all_records",
         action="store_true",
-        help="report every finished run in the cache folder (all variants), not only this grid",
+        help="report every run in the results JSON (all variants), not only this grid",
     )
     argv = sys.argv[1:] if argv is None else argv
     passthrough = argv[argv.index("--") + 1 :] if "--" in argv else []
@@ -388,6 +454,12 @@ def parse_args(argv: list[str] | None):
     args.second_seed_cells = {
         tuple(float(x) for x in cell.split(":")) for cell in args.second_seed_cells
     }
+    args.extra_methods = []
+    for spec in args.extra_method:
+        name, _, flags = spec.partition("=")
+        if not name.isidentifier() or not flags:
+            parser.error(f"--extra_method takes NAME=FLAGS, NAME in [A-Za-z0-9_], got {spec!r}")
+        args.extra_methods.append((name, shlex.split(flags)))
     args.argv = argv
     return args
 
@@ -406,45 +478,47 @@ def main(argv: list[str] | None = None) -> None:
     suffix = f"-{_hash(args.passthrough)}" if args.passthrough else ""
     cache = Path(args.cache_dir) / f"{args.preset}-{steps}steps{suffix}"
     cache.mkdir(parents=True, exist_ok=True)
+    name = args.results_name + ("" if args.preset == "cpu" else f"_{args.preset}") + suffix
+    results_dir = Path(args.results_dir)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    records = Records(results_dir / f"{name}.json")
 
     runs = grid(args)
     if args.only:
         runs = [r for r in runs if any(o in r["name"] for o in args.only)]
     if args.report_only:
-        runs = [r for r in runs if (cache / r["name"] / "study_run.json").exists()]
+        runs = [r for r in runs if records.get(r["name"])]
     t0 = time.perf_counter()
     prepare_tokenizer(cache / "tokenizer", base_args, device_args)
     results = []
     with ThreadPoolExecutor(max_workers=args.workers) as pool:
-        jobs = [pool.submit(run_one, r, base_args, device_args, cache, env) for r in runs]
+        jobs = [pool.submit(run_one, r, base_args, device_args, cache, env, records) for r in runs]
         for job in jobs:
             r = job.result()
             results.append(r)
             print(
-                f"{r['name']:40s} final loss {final_loss(r, steps):.3f}  BLEU {r['eval_bleu']:5.1f}"
+                f"{r['name']:48s} final loss {final_loss(r, steps):.3f}  BLEU {r['eval_bleu']:5.1f}"
                 f"  ({r['wall_s'] / 60:.1f} min)",
                 flush=True,
             )
     wall = time.perf_counter() - t0
-    if args.all_cached:
-        results = [json.loads(p.read_text()) for p in sorted(cache.glob("*/study_run.json"))]
+    if args.all_records:
+        results = list(records.runs.values())
     if not results:
-        raise SystemExit(f"No finished runs in {cache}.")
+        raise SystemExit(f"No finished runs in {records.path}.")
     stall = unigram_loss(cache / "tokenizer")
     table = summarize(results, steps, stall)
-    name = args.results_name
-    results_dir = Path(args.results_dir)
-    results_dir.mkdir(parents=True, exist_ok=True)
     plot_losses(results, stall, results_dir / f"{name}_losses.png")
     main_arm = shlex.split(args.gradinit_args)
     with_scales = [r for r in results if r.get("scales")]
-    # The scales of this grid's own GradInit setting, when --all_cached brings in others.
-    with_scales = [r for r in with_scales if r["gradinit_args"] == main_arm] or with_scales
+    # The scales of this grid's own GradInit setting, when --all_records brings in others.
+    with_scales = [r for r in with_scales if r.get("gradinit_args") == main_arm] or with_scales
     if with_scales:
         first = min(with_scales, key=lambda r: (abs(math.log(r["lr"] / 1e-3)), r["seed"]))
         plot_scales(
             first["scales"],
-            f"Scales learned by GradInit ({label(first)}; lr {first['lr']:g}, seed {first['seed']})",
+            f"Scales learned by GradInit ({label(first)}; {first.get('layout', 'shared')} "
+            f"layout, lr {first['lr']:g}, seed {first['seed']})",
             results_dir / f"{name}_scales.png",
         )
     command = shlex.join(["python", "benchmarks/no_warmup_study.py", *args.argv])
@@ -455,7 +529,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{compute / args.workers:.0f} min of wall time with {args.workers} runs side by side."
     )
     if ran:
-        timing += f" This command ran {ran} of them in {wall / 60:.1f} min."
+        timing += f" This command ran {ran} of them in {wall / 60:.1f} min of wall time."
     report = results_dir / f"{name}.md"
     # Hand-written findings below "## Findings" survive a regenerated table.
     old = report.read_text() if report.exists() else ""
@@ -463,25 +537,18 @@ def main(argv: list[str] | None = None) -> None:
     report.write_text(
         f"# No-warmup study ({args.preset} preset)\n\n"
         f"Command: `{command}`\n\n"
-        f"Each run: `{results[0]['command']}` (with its own lr, beta2, seed, warmup and "
-        f"GradInit flags; the full command of every run is in `{name}.json`).\n\n"
+        f"Each run: `{results[0]['command']}` (with its own layout, lr, beta2, seed, warmup and "
+        f"GradInit flags; the full command of every run is in `{name}.json`, which is also "
+        f"the study's cache: a run it holds is not rerun).\n\n"
         f"{steps} steps a run. Final train loss = mean over the last {FINAL_WINDOW} steps; "
         f"val loss and BLEU (greedy sacreBLEU) are run.py's on the validation sentences it "
         f"evaluates; 'stalled' = final train loss not {STALL_MARGIN} below the unigram loss "
-        f"({stall:.2f}) or NaN; the best warmup has the lowest val loss; GradInit time is its share of "
-        f"GradInit + training. {timing}\n\n{table}\n\n"
+        f"({stall:.2f}) or NaN; the best warmup has the lowest val loss; GradInit time is its "
+        f"share of GradInit + training. Layouts: 'reference' = a separate encoder embedding, "
+        f"the decoder's input and output tied (fairseq's transformer_iwslt_de_en); 'shared' = "
+        f"one matrix for all three (Hugging Face Marian's default). {timing}\n\n{table}\n\n"
         f"![losses]({name}_losses.png)\n\n![scales]({name}_scales.png)\n"
         + (f"\n{findings}" if findings else "")
-    )
-    (results_dir / f"{name}.json").write_text(
-        json.dumps(
-            [
-                {k: v for k, v in r.items() if k not in ("losses", "scales", "_ran_now")}
-                for r in results
-            ],
-            indent=1,
-        )
-        + "\n"
     )
     print(table)
     print(f"wall time {wall / 60:.1f} min")

@@ -24,13 +24,41 @@ def test_grid_flags_each_method_and_the_second_seed_only_where_asked(study):
     # 2 lrs x (baseline, warmup, gradinit) for seed 1; the second seed only at 1e-3 / 0.98
     assert len(runs) == 9
     assert not any(name.endswith("lr0.002-b0.98-s2") for name in runs)
-    warm = runs["warmup100-lr0.001-b0.98-s1"]["flags"]
+    assert all(r["layout"] == "reference" for r in runs.values())
+    assert not any("--share_all_embeddings" in r["flags"] for r in runs.values())
+    warm = runs["warmup100-reference-lr0.001-b0.98-s1"]["flags"]
     assert warm[warm.index("--warmup_steps") + 1] == "100" and "--no_gradinit" in warm
     gradinit = next(r for n, r in runs.items() if n.startswith("gradinit") and "0.002" in n)
     flags = gradinit["flags"]
     assert flags[flags.index("--learning_rate") + 1] == "0.002"
     assert flags[flags.index("--gradinit_iterations") + 1] == "200"  # the study's default
     assert flags[flags.index("--warmup_steps") + 1] == "0"
+
+
+def test_layouts_methods_and_extra_methods(study):
+    args = study.parse_args(
+        ["--lrs", "1e-3", "--beta2s", "0.98", "--layouts", "reference", "shared"]
+        + ["--methods", "baseline", "preln", "--extra_method", "preln=--model_type mbart"]
+    )
+    args.warmups = [100]
+    runs = {r["name"]: r for r in study.grid(args)}
+    assert sorted(r["method"] for r in runs.values()) == ["baseline", "baseline", "preln", "preln"]
+    shared = [r for r in runs.values() if r["layout"] == "shared"]
+    assert all("--share_all_embeddings" in r["flags"] for r in shared) and len(shared) == 2
+    preln = next(r for r in runs.values() if r["method"] == "preln")
+    assert preln["flags"][-2:] == ["--model_type", "mbart"]
+    with pytest.raises(SystemExit):
+        study.parse_args(["--extra_method", "no flags"])
+
+
+def test_records_are_the_cache_and_survive_a_restart(study, tmp_path):
+    records = study.Records(tmp_path / "r.json")
+    records.add({"name": "a", "eval_loss": 4.0})
+    again = study.Records(tmp_path / "r.json")
+    assert again.get("a") == {"name": "a", "eval_loss": 4.0}
+    run = {"name": "a", "flags": ["--nonsense"]}
+    # A recorded run is returned without running anything (run.py would fail on --nonsense).
+    assert study.run_one(run, [], [], tmp_path, {}, again)["eval_loss"] == 4.0
 
 
 def test_passthrough_arguments_go_to_every_run(study):
@@ -43,7 +71,7 @@ def _run(method, final, val, lr=1e-3, seed=1, gradinit_s=0.0):
     losses = [(step, 9.0) for step in range(10, 600, 10)]
     losses += [(step, final) for step in range(610, 701, 10)]
     return dict(
-        lr=lr, beta2=0.98, seed=seed, method=method, losses=losses, eval_loss=val,
+        layout="reference", lr=lr, beta2=0.98, seed=seed, method=method, losses=losses, eval_loss=val,
         eval_bleu=0.0, gradinit_runtime_s=gradinit_s, train_runtime_s=300.0,
         gradinit_args=["--gradinit_iterations", "200"] if method == "gradinit" else [],
     )  # fmt: skip
@@ -58,8 +86,8 @@ def test_table_scores_the_last_steps_marks_stalls_and_the_best_warmup(study):
     ]
     assert study.final_loss(results[0], 700) == pytest.approx(6.1)  # only the last 100 steps
     rows = study.summarize(results, steps=700, stall=6.45).splitlines()[2:]
-    assert rows[0].startswith("| 0.001 | 0.98 | baseline | 1 | 6.10 | 6.00 |")
-    assert rows[0].split("|")[8].strip() == "yes"  # 6.1 is not 0.5 below 6.45: stalled
+    assert rows[0].startswith("| reference | 0.001 | 0.98 | baseline | 1 | 6.10 | 6.00 |")
+    assert rows[0].split("|")[9].strip() == "yes"  # 6.1 is not 0.5 below 6.45: stalled
     assert "warmup-300 (best warmup)" in rows[2] and "best" not in rows[1]
-    assert rows[3].split("|")[8].strip() == "no"
-    assert rows[3].split("|")[9].strip() == "25%"  # 100 s of GradInit in 400 s
+    assert rows[3].split("|")[9].strip() == "no"
+    assert rows[3].split("|")[10].strip() == "25%"  # 100 s of GradInit in 400 s
