@@ -34,6 +34,7 @@ from torch import nn
 from torch.func import functional_call
 
 from .config import GradInitConfig, GradInitError
+from .record import check_not_initialized, record_in_config
 
 LossFn = Callable[[Any, Mapping[str, Any]], torch.Tensor]
 
@@ -156,8 +157,10 @@ class GradInitResult:
         )
 
     def apply(self, model: nn.Module) -> None:
-        """Multiply the model's tensors by the learned scales (see :func:`apply_scales`)."""
+        """Multiply the model's tensors by the learned scales (see :func:`apply_scales`) and
+        record it in ``model.config.gradinit`` (an HF model), so it is not scaled twice."""
         apply_scales(model, self.scales)
+        record_in_config(model, self)
 
 
 # --------------------------------------------------------------------------------------
@@ -170,8 +173,10 @@ def apply_scales(model: nn.Module, scales: Mapping[str, float]) -> None:
 
     Names may be any alias of a tied tensor; a tied tensor is scaled once and stays tied.
     Everything is checked before the first tensor changes, and if the update is interrupted
-    the tensors already changed are put back.
+    the tensors already changed are put back. A model whose ``config.gradinit`` matches its
+    weights is already initialized and is refused (see :mod:`hf_gradinit.record`).
     """
+    check_not_initialized(model)
     by_name = dict(model.named_parameters(remove_duplicate=False))
     unknown = sorted(set(scales) - set(by_name))
     if unknown:
@@ -778,8 +783,10 @@ def apply_gradinit(
 
     Returns:
         A :class:`GradInitResult`. The model is changed only at the very end; if anything
-        fails before, its weights are exactly as they were.
+        fails before, its weights are exactly as they were. An HF model gets
+        ``config.gradinit``; one that already matches it is refused before any work.
     """
+    check_not_initialized(model, warn_stale=True)
     if accelerator is None:
         from accelerate import PartialState
 
@@ -810,7 +817,7 @@ def apply_gradinit(
             loss_fn=loss_fn,
             show_progress=show_progress,
         )
-        apply_scales(model, result.scales)
+        result.apply(model)
     except BaseException:
         model.to(original_device)
         raise

@@ -4,9 +4,10 @@ A checkpoint made with GradInit carries, next to the usual model files:
 
 * ``gradinit_scales.json``: the whole :class:`~hf_gradinit.GradInitResult` (scales, settings,
   per-iteration history), reloadable with :func:`load_gradinit_result`;
-* ``config.gradinit`` in ``config.json``: a small summary (settings and outcome), so a model
-  loaded with ``from_pretrained`` still says how it was initialized (and ``GradInitTrainer``
-  knows not to scale it a second time);
+* ``config.gradinit`` in ``config.json``: a small summary (settings and outcome) and a
+  fingerprint of the weights, so a model loaded with ``from_pretrained`` still says how it was
+  initialized, and ``GradInitTrainer`` knows not to scale it a second time (see
+  :mod:`hf_gradinit.record` for how "initialized" is decided from the weights);
 * ``README.md``: a model card with Hub metadata, the settings, the scales by layer as a
   table, and ``gradinit_scales.png`` (a plot; skipped with a note when matplotlib is missing).
 
@@ -27,14 +28,23 @@ from typing import Any
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from .config import GradInitError
 from .gradinit import GradInitResult
+from .record import (  # noqa: F401 - re-exported: hub is where users look for them
+    CONFIG_KEY,
+    SCALES_FILE,
+    gradinit_config_entry,
+    initialization_state,
+    is_initialized,
+    record_in_config,
+    same_run,
+    stale_message,
+)
 
 logger = logging.getLogger(__name__)
 
-SCALES_FILE = "gradinit_scales.json"
 PLOT_FILE = "gradinit_scales.png"
 CARD_FILE = "README.md"
-CONFIG_KEY = "gradinit"  # model.config.gradinit
 TAG = "gradinit"
 
 PAPER = "https://arxiv.org/abs/2102.08098"
@@ -73,34 +83,6 @@ def load_gradinit_result(path: str | os.PathLike) -> GradInitResult:
         return GradInitResult.from_dict(data)
     except (ValueError, KeyError, TypeError) as err:
         raise ValueError(f"{path} is not a valid {SCALES_FILE}: {err}") from err
-
-
-def gradinit_config_entry(result: GradInitResult) -> dict[str, Any]:
-    """The summary stored as ``model.config.gradinit``: settings and outcome, no scales.
-
-    The scales themselves live in ``gradinit_scales.json``; the config only has to say that
-    (and how) the weights were initialized, and stay small.
-    """
-    from . import __version__
-
-    return {
-        "hf_gradinit_version": __version__,
-        "scales_file": SCALES_FILE,
-        "settings": result.config.to_dict(),
-        "summary": result.summary(),
-    }
-
-
-def record_in_config(model: Any, result: GradInitResult) -> None:
-    """Set ``model.config.gradinit`` (round-trips through ``save_pretrained``/``from_pretrained``)."""
-    config = getattr(model, "config", None)
-    if config is not None:
-        setattr(config, CONFIG_KEY, gradinit_config_entry(result))
-
-
-def is_initialized(model: Any) -> bool:
-    """Whether ``model`` says (in ``config.gradinit``) that its weights came from GradInit."""
-    return bool(getattr(getattr(model, "config", None), CONFIG_KEY, None))
 
 
 # --------------------------------------------------------------------------------------
@@ -434,15 +416,31 @@ def save_initialized_checkpoint(
     """Save a model whose GradInit scales are already applied, ready to start training from.
 
     ``model`` must already carry the scales (``apply_gradinit`` or ``result.apply(model)``);
-    this function does not apply them, so it can never scale twice. It writes the model
-    (with ``config.gradinit``), the tokenizer, ``gradinit_scales.json``, the plot and a model
-    card into ``output_dir``, and with ``push_to_hub`` uploads all of it to ``hub_model_id``
-    (default: the folder's name). Returns ``output_dir``.
+    this function does not apply them, so it can never scale twice. It refuses a model whose
+    ``config.gradinit`` describes other weights (a fresh model built from an initialized
+    config) or another GradInit run, since the checkpoint would claim an init its weights do
+    not have. It writes the model (with ``config.gradinit``), the tokenizer,
+    ``gradinit_scales.json``, the plot and a model card into ``output_dir``, and with
+    ``push_to_hub`` uploads all of it to ``hub_model_id`` (default: the folder's name).
+    Returns ``output_dir``.
     """
     if not hasattr(model, "save_pretrained"):
         raise TypeError(
             f"save_initialized_checkpoint needs a transformers PreTrainedModel, got "
             f"{type(model).__name__}; for other modules save result.to_dict() yourself."
+        )
+    state = initialization_state(model)
+    if state == "stale":
+        raise GradInitError(
+            f"{stale_message()}: these weights are not the ones GradInit initialized, so "
+            "nothing was saved. Apply the scales to them first (`result.apply(model)`, or "
+            "`apply_gradinit`), then save."
+        )
+    if state != "absent" and not same_run(getattr(model.config, CONFIG_KEY), result):
+        raise GradInitError(
+            "The model was initialized by another GradInit run than `result` (its "
+            "model.config.gradinit has other settings or outcome), so nothing was saved. Pass "
+            "the result that was applied to this model."
         )
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

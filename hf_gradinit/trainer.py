@@ -12,10 +12,12 @@ What the trainer adds, and where (the fewest overrides that do it):
   pipeline (``get_train_dataloader()``: its collator, sampler and device placement; random
   order instead of transformers' length grouping, see ``_gradinit_dataloader``). It is
   skipped when resuming from a checkpoint (whose weights are already initialized; its
-  ``gradinit_scales.json`` is read back instead) and for a model that was already
-  initialized (``config.gradinit`` set: a second ``train()`` call, or a checkpoint made by
-  ``hf-gradinit init``). With ``model_init`` every ``train()`` builds a fresh random model,
-  which is initialized again.
+  ``gradinit_scales.json`` is read back instead) and for a model that is already
+  initialized: its ``config.gradinit`` matches its weights (a second ``train()`` call, a
+  checkpoint made by ``hf-gradinit init`` or saved by this trainer). A stale record (a fresh
+  random model built from an initialized checkpoint's config) is dropped and GradInit runs;
+  see :mod:`hf_gradinit.record`. With ``model_init`` every ``train()`` builds a fresh random
+  model, which is initialized again.
 * a callback's ``on_train_begin`` logs the GradInit metrics: ``train()`` creates a new
   ``TrainerState`` after GradInit ran, so logging earlier would be lost.
 * ``_save``, ``_push_from_checkpoint`` and ``create_model_card``: the scales file, the plot,
@@ -40,9 +42,9 @@ from typing import Any, Literal
 import torch
 from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, Trainer, TrainerCallback
 
-from . import hub
+from . import hub, record
 from .config import GradInitConfig, GradInitError
-from .gradinit import GradInitResult, LossFn, apply_scales, compute_gradinit_scales
+from .gradinit import GradInitResult, LossFn, compute_gradinit_scales
 
 logger = logging.getLogger(__name__)
 
@@ -498,9 +500,16 @@ class GradInitTrainer(Seq2SeqTrainer):
         """Run GradInit on ``self.model`` now and apply the scales.
 
         ``train()`` calls this itself; call it directly to inspect the result before training
-        (``train()`` then sees the model is initialized and does not run it again).
+        (``train()`` then sees the model is initialized and does not run it again). A model
+        that is already initialized is refused before any work (scales would compound).
         """
         model = self.model
+        if self._already_initialized(model):
+            raise GradInitError(
+                "This model is already GradInit-initialized (a GradInit run of this trainer, "
+                "or a model.config.gradinit that matches its weights); running GradInit again "
+                "would compound the scales. Train it as it is."
+            )
         config = self.gradinit_config()
         loader = self._gradinit_dataloader()
         logger.info(
@@ -525,8 +534,7 @@ class GradInitTrainer(Seq2SeqTrainer):
             end = getattr(loader, "end", None)
             if callable(end):
                 end()
-        apply_scales(model, result.scales)
-        hub.record_in_config(model, result)
+        result.apply(model)  # also records it in model.config.gradinit
         self._gradinit_models.add(model)
         self.gradinit_result = result
         every = getattr(self.args, "gradinit_logging_steps", None)
@@ -544,18 +552,35 @@ class GradInitTrainer(Seq2SeqTrainer):
         return result
 
     def _already_initialized(self, model: Any) -> bool:
-        return model in self._gradinit_models or hub.is_initialized(model)
+        """Initialized by this trainer, or its ``config.gradinit`` matches its weights. A stale
+        record is dropped here (with a warning), so it is never trusted nor saved again."""
+        if model in self._gradinit_models:
+            return True
+        if record.drop_stale_record(model) in ("initialized", "unverified"):
+            self._gradinit_models.add(model)
+            return True
+        return False
 
-    def _restore_gradinit_record(self, folder: str | os.PathLike) -> None:
-        """Take the GradInit record of a checkpoint or of the folder the model came from."""
+    def _restore_gradinit_record(
+        self, folder: str | os.PathLike, *, must_match_config: bool = False
+    ) -> None:
+        """Take the GradInit record of a checkpoint or of the folder the model came from
+        (``must_match_config``: only if it is the run the model's ``config.gradinit`` names)."""
         path = os.path.join(str(folder), hub.SCALES_FILE)
         if not os.path.isfile(path):
             return
         try:
-            self.gradinit_result = hub.load_gradinit_result(path)
+            result = hub.load_gradinit_result(path)
         except ValueError as err:
             logger.warning("Ignoring %s: %s", path, err)
             return
+        entry = getattr(getattr(self.model, "config", None), hub.CONFIG_KEY, None)
+        if must_match_config and entry and not hub.same_run(entry, result):
+            logger.warning(
+                "Ignoring %s: it is not the GradInit run the model's config names.", path
+            )
+            return
+        self.gradinit_result = result
         hub.record_in_config(self.model, self.gradinit_result)
         self._gradinit_models.add(self.model)
 
@@ -571,12 +596,13 @@ class GradInitTrainer(Seq2SeqTrainer):
         if resume_from_checkpoint is not None:
             # The checkpoint's weights are already initialized (and trained); keep its record.
             self._restore_gradinit_record(resume_from_checkpoint)
-        elif self.gradinit_enabled and not self._already_initialized(self.model):
-            self.run_gradinit()
+        elif not self._already_initialized(self.model):
+            if self.gradinit_enabled:
+                self.run_gradinit()
         elif self.gradinit_enabled and self.gradinit_result is None:
             name = getattr(getattr(self.model, "config", None), "_name_or_path", "") or ""
             if name and os.path.isdir(name):
-                self._restore_gradinit_record(name)
+                self._restore_gradinit_record(name, must_match_config=True)
             logger.info("The model is already GradInit-initialized; not running GradInit again.")
         return super()._inner_training_loop(
             batch_size=batch_size,
@@ -601,8 +627,12 @@ class GradInitTrainer(Seq2SeqTrainer):
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         """Also writes gradinit_scales.json (and the plot) into every saved folder."""
         output_dir = output_dir if output_dir is not None else self.args.output_dir
+        # Before config.json is written: the record (and its fingerprint) must describe the
+        # weights saved now, which training has moved since GradInit.
         if self.gradinit_result is not None:
-            hub.record_in_config(self.model, self.gradinit_result)  # before config.json is written
+            hub.record_in_config(self.model, self.gradinit_result, state_dict)
+        elif self.model in self._gradinit_models:
+            record.refresh_fingerprint(self.model, state_dict)
         super()._save(output_dir, state_dict)
         if self.args.should_save:
             self._write_gradinit_files(output_dir)

@@ -1,0 +1,225 @@
+"""Faults found by trying real-world reports (issue #12), each as a new user would: tiny
+models built from config, offline. One section per fault kind."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import (
+    assert_same_weights,
+    seq2seq_examples,
+    snapshot,
+    tiny_bart,
+    tiny_fsmt,
+    tiny_marian,
+    tiny_tokenizer,
+    toy_translation_records,
+    write_jsonl,
+)
+from transformers import (
+    AutoConfig,
+    AutoModelForSeq2SeqLM,
+)
+
+import hf_gradinit.gradinit as gradinit_module
+import hf_gradinit.trainer as trainer_module
+from hf_gradinit import (
+    GradInitConfig,
+    GradInitError,
+    GradInitTrainer,
+    GradInitTrainingArguments,
+    apply_gradinit,
+    load_gradinit_result,
+    save_initialized_checkpoint,
+)
+from hf_gradinit.cli import main
+from hf_gradinit.hub import SCALES_FILE, is_initialized
+
+FAMILIES = {"marian": tiny_marian, "bart": tiny_bart, "fsmt": tiny_fsmt}
+
+TRAIN = dict(
+    use_cpu=True,
+    report_to="none",
+    disable_tqdm=True,
+    per_device_train_batch_size=6,
+    learning_rate=1e-3,
+    seed=0,
+    save_strategy="no",
+    max_steps=1,
+    gradinit_iterations=3,
+)
+
+
+def _train_args(tmp_path, name="run", **overrides) -> GradInitTrainingArguments:
+    return GradInitTrainingArguments(output_dir=str(tmp_path / name), **{**TRAIN, **overrides})
+
+
+def _never_called(*args, **kwargs):
+    raise AssertionError("GradInit ran, but it must not run here")
+
+
+def _record_batches(monkeypatch, module) -> list[dict]:
+    """Patch ``module.compute_gradinit_scales`` to record every batch GradInit draws."""
+    seen: list[dict] = []
+    real = gradinit_module.compute_gradinit_scales
+
+    def spy(model, batches, config=None, **kwargs):
+        class Recorded:  # re-iterable, like a DataLoader
+            def __iter__(self):
+                for batch in batches:
+                    seen.append(batch)
+                    yield batch
+
+        return real(model, Recorded(), config, **kwargs)
+
+    monkeypatch.setattr(module, "compute_gradinit_scales", spy)
+    return seen
+
+
+def _initialized_checkpoint(tmp_path, seed: int = 0, iterations: int = 2):
+    """An `hf-gradinit init`-style checkpoint: tiny Marian, GradInit applied, saved."""
+    torch.manual_seed(seed)
+    model = tiny_marian()
+    config = GradInitConfig(iterations=iterations, scale_lr=0.05, eta=1e-2)
+    result = apply_gradinit(model, seq2seq_examples(24), config, batch_size=6, show_progress=False)
+    folder = save_initialized_checkpoint(model, result, tmp_path / "ckpt", tiny_tokenizer())
+    return folder, model, result
+
+
+def _fresh_from_config(folder) -> torch.nn.Module:
+    return AutoModelForSeq2SeqLM.from_config(AutoConfig.from_pretrained(folder))
+
+
+# --------------------------------------------------------------------------------------
+# 1. "Initialized" follows the weights, not config.gradinit alone
+# --------------------------------------------------------------------------------------
+
+
+def test_a_fresh_model_from_an_initialized_config_is_not_initialized(tmp_path):
+    folder, model, _ = _initialized_checkpoint(tmp_path, seed=5)
+    assert is_initialized(AutoModelForSeq2SeqLM.from_pretrained(folder))
+    reloaded_bf16 = AutoModelForSeq2SeqLM.from_pretrained(folder, dtype=torch.bfloat16)
+    assert is_initialized(reloaded_bf16)  # a half-precision reload is still the same weights
+    fresh = _fresh_from_config(folder)
+    assert "gradinit" in fresh.config.to_dict()  # the entry came along with the config...
+    assert not is_initialized(fresh)  # ...but the weights are random
+    torch.manual_seed(5)  # even the very init GradInit started from is not initialized
+    assert not is_initialized(_fresh_from_config(folder))
+
+
+def test_trainer_initializes_a_fresh_model_built_from_an_initialized_config(tmp_path):
+    folder, _, old = _initialized_checkpoint(tmp_path, iterations=2)
+    fresh = _fresh_from_config(folder)
+    trainer = GradInitTrainer(
+        model=fresh, args=_train_args(tmp_path), train_dataset=seq2seq_examples(24)
+    )
+    trainer.train()
+    result = trainer.gradinit_result
+    assert result is not None and len(result.history) == 3  # it ran, 3 iterations, not 2
+    assert result.scales != old.scales
+    trainer.save_model()
+    out = Path(trainer.args.output_dir)
+    assert load_gradinit_result(out).scales == result.scales  # not the other checkpoint's file
+    # A checkpoint saved after training is initialized (the record follows the trained
+    # weights); a fresh model from its config is not.
+    assert is_initialized(AutoModelForSeq2SeqLM.from_pretrained(out))
+    assert not is_initialized(_fresh_from_config(out))
+
+
+def test_no_gradinit_does_not_save_a_stale_record(tmp_path):
+    folder, _, _ = _initialized_checkpoint(tmp_path)
+    trainer = GradInitTrainer(
+        model=_fresh_from_config(folder),
+        args=_train_args(tmp_path, gradinit=False),
+        train_dataset=seq2seq_examples(24),
+    )
+    trainer.train()
+    trainer.save_model()
+    saved = json.loads((Path(trainer.args.output_dir) / "config.json").read_text())
+    assert "gradinit" not in saved
+    assert not (Path(trainer.args.output_dir) / SCALES_FILE).exists()
+
+
+def test_trained_initialized_checkpoint_continues_without_rescaling(tmp_path, monkeypatch):
+    """Training moves the weights away from the init; the saved record follows them."""
+    folder, _, old = _initialized_checkpoint(tmp_path)
+    first = GradInitTrainer(
+        model=AutoModelForSeq2SeqLM.from_pretrained(folder),
+        args=_train_args(tmp_path, "first", max_steps=3, learning_rate=1e-2),
+        train_dataset=seq2seq_examples(24),
+    )
+    first.train()
+    first.save_model()
+    monkeypatch.setattr(trainer_module, "compute_gradinit_scales", _never_called)
+    trained = AutoModelForSeq2SeqLM.from_pretrained(first.args.output_dir)
+    assert is_initialized(trained)
+    second = GradInitTrainer(
+        model=trained, args=_train_args(tmp_path, "second"), train_dataset=seq2seq_examples(24)
+    )
+    second.train()
+    assert second.gradinit_result.scales == old.scales  # the record travels with the weights
+
+
+def test_apply_gradinit_refuses_an_initialized_model(tmp_path, monkeypatch):
+    folder, _, _ = _initialized_checkpoint(tmp_path)
+    model = AutoModelForSeq2SeqLM.from_pretrained(folder)
+    before = snapshot(model)
+    monkeypatch.setattr(gradinit_module, "compute_gradinit_scales", _never_called)
+    with pytest.raises(GradInitError, match="already GradInit-initialized.*del model.config"):
+        apply_gradinit(model, seq2seq_examples(12), GradInitConfig(iterations=2), batch_size=6)
+    assert_same_weights(model, before)
+
+
+def test_apply_gradinit_on_a_fresh_model_from_an_initialized_config_records_it(tmp_path):
+    folder, _, old = _initialized_checkpoint(tmp_path)
+    fresh = _fresh_from_config(folder)
+    config = GradInitConfig(iterations=3, scale_lr=0.05, eta=1e-2)
+    result = apply_gradinit(fresh, seq2seq_examples(24), config, batch_size=6, show_progress=False)
+    assert is_initialized(fresh)
+    assert fresh.config.gradinit["summary"]["iterations"] == 3 != old.config.iterations
+    assert fresh.config.gradinit["summary"]["num_scales"] == len(result.scales)
+
+
+def test_save_initialized_checkpoint_refuses_weights_the_scales_were_not_applied_to(tmp_path):
+    folder, _, old = _initialized_checkpoint(tmp_path)
+    fresh = _fresh_from_config(folder)
+    with pytest.raises(GradInitError, match="not the ones.*result.apply"):
+        save_initialized_checkpoint(fresh, old, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    # And a model initialized by another run is not saved with this run's record.
+    other = AutoModelForSeq2SeqLM.from_pretrained(folder)
+    _, _, another = _initialized_checkpoint(tmp_path / "b", iterations=3)
+    with pytest.raises(GradInitError, match="another GradInit run"):
+        save_initialized_checkpoint(other, another, tmp_path / "out")
+
+
+def _cli_init(folder, data, out, *extra) -> list[str]:
+    return [
+        "init", "--model_path", str(folder), "--train_file", str(data),
+        "--source_lang", "de", "--target_lang", "en", "--learning_rate", "5e-4",
+        "--output_dir", str(out), "--gradinit_iterations", "2", "--gradinit_batch_size", "6",
+        "--use_cpu", *extra,
+    ]  # fmt: skip
+
+
+def test_cli_init_decides_from_the_weights(tmp_path, capsys, monkeypatch):
+    folder, _, _ = _initialized_checkpoint(tmp_path)
+    data = write_jsonl(tmp_path / "train.jsonl", toy_translation_records(30))
+    # A folder with the initialized weights: refused before any work, folder untouched.
+    before = snapshot(AutoModelForSeq2SeqLM.from_pretrained(folder))
+    real = gradinit_module.compute_gradinit_scales
+    monkeypatch.setattr(gradinit_module, "compute_gradinit_scales", _never_called)
+    assert main(_cli_init(folder, data, tmp_path / "again")) == 2
+    assert "already GradInit-initialized" in capsys.readouterr().err
+    assert not (tmp_path / "again").exists()
+    assert_same_weights(AutoModelForSeq2SeqLM.from_pretrained(folder), before)
+    # Its config.json alone (no weights): a fresh random model, initialized.
+    monkeypatch.setattr(gradinit_module, "compute_gradinit_scales", real)
+    config_only = tmp_path / "config_only"
+    AutoConfig.from_pretrained(folder).save_pretrained(config_only)
+    tiny_tokenizer().save_pretrained(config_only)
+    assert main(_cli_init(config_only, data, tmp_path / "out")) == 0, capsys.readouterr().err
+    assert is_initialized(AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "out"))
