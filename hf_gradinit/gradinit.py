@@ -34,6 +34,7 @@ from torch import nn
 from torch.func import functional_call
 
 from .config import GradInitConfig, GradInitError
+from .data import label_safe_collator
 from .record import check_not_initialized, record_in_config
 
 LossFn = Callable[[Any, Mapping[str, Any]], torch.Tensor]
@@ -713,7 +714,8 @@ def make_dataloader(
     """A shuffled DataLoader over ``data`` (a datasets.Dataset or a torch Dataset).
 
     Columns of a ``datasets.Dataset`` that ``model.forward`` does not take are dropped, as
-    the Trainer does. A DataLoader is returned unchanged.
+    the Trainer does. A ``DataCollatorForSeq2Seq`` builds decoder inputs from a copy of the
+    labels (:func:`~hf_gradinit.data.label_safe_collator`). A DataLoader is returned unchanged.
     """
     from torch.utils.data import DataLoader
 
@@ -744,6 +746,7 @@ def make_dataloader(
         from transformers import default_data_collator
 
         data_collator = default_data_collator
+    data_collator = label_safe_collator(data_collator)  # no model may rewrite the labels
     return DataLoader(
         data,
         batch_size=min(batch_size, len(data)),

@@ -44,6 +44,7 @@ from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, Trainer, Trai
 
 from . import hub, record
 from .config import GradInitConfig, GradInitError
+from .data import label_safe_collator
 from .gradinit import GradInitResult, LossFn, compute_gradinit_scales
 
 logger = logging.getLogger(__name__)
@@ -418,6 +419,8 @@ class GradInitTrainer(Seq2SeqTrainer):
         if args is None:
             args = GradInitTrainingArguments(output_dir="tmp_trainer")
         super().__init__(model, args, *more, **kwargs)
+        # DataCollatorForSeq2Seq(model=fsmt) would score label padding; see hf_gradinit.data.
+        self.data_collator = label_safe_collator(self.data_collator)
         self.gradinit_result: GradInitResult | None = None
         self._gradinit_pending_logs: list[dict[str, float]] = []
         self._gradinit_models: weakref.WeakSet = weakref.WeakSet()

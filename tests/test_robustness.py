@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import (
+    PAD,
     assert_same_weights,
+    model_folder,
     seq2seq_examples,
     snapshot,
     tiny_bart,
@@ -22,6 +24,7 @@ from conftest import (
 from transformers import (
     AutoConfig,
     AutoModelForSeq2SeqLM,
+    DataCollatorForSeq2Seq,
 )
 
 import hf_gradinit.gradinit as gradinit_module
@@ -223,3 +226,69 @@ def test_cli_init_decides_from_the_weights(tmp_path, capsys, monkeypatch):
     tiny_tokenizer().save_pretrained(config_only)
     assert main(_cli_init(config_only, data, tmp_path / "out")) == 0, capsys.readouterr().err
     assert is_initialized(AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "out"))
+
+
+# --------------------------------------------------------------------------------------
+# 2. Label padding is masked (-100) in every collator path that feeds GradInit
+# --------------------------------------------------------------------------------------
+
+
+def _assert_label_padding_masked(batches: list[dict]) -> None:
+    assert batches
+    padded = 0
+    for batch in batches:
+        labels = batch["labels"]
+        assert not (labels == PAD).any(), f"padding scored as the pad token: {labels.tolist()}"
+        lengths = (labels != -100).sum(1)
+        for row, n in zip(labels, lengths.tolist()):
+            assert (row[:n] != -100).all() and (row[n:] == -100).all(), row.tolist()
+        padded += int((lengths < labels.shape[1]).sum())
+    assert padded  # there was padding to mask
+
+
+def _features(n: int = 30) -> list[dict]:
+    tokenizer = tiny_tokenizer()
+    records = toy_translation_records(n)
+    sources = [r["translation"]["de"] for r in records]
+    targets = [r["translation"]["en"] for r in records]
+    encoded = tokenizer(sources)
+    labels = tokenizer(text_target=targets)["input_ids"]
+    return [
+        {"input_ids": i, "attention_mask": m, "labels": lab}
+        for i, m, lab in zip(encoded["input_ids"], encoded["attention_mask"], labels)
+    ]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_cli_init_masks_label_padding(tmp_path, monkeypatch, family):
+    folder = model_folder(tmp_path / "model", FAMILIES[family](), tiny_tokenizer(), weights=False)
+    data = write_jsonl(tmp_path / "train.jsonl", toy_translation_records(30))
+    batches = _record_batches(monkeypatch, gradinit_module)
+    assert main(_cli_init(folder, data, tmp_path / "out")) == 0
+    _assert_label_padding_masked(batches)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_trainer_with_a_seq2seq_collator_masks_label_padding(tmp_path, monkeypatch, family):
+    model = FAMILIES[family]()
+    batches = _record_batches(monkeypatch, trainer_module)
+    trainer = GradInitTrainer(
+        model=model,
+        args=_train_args(tmp_path, gradinit_iterations=2),
+        train_dataset=_features(),
+        data_collator=DataCollatorForSeq2Seq(tiny_tokenizer(), model=model),
+    )
+    trainer.run_gradinit()
+    _assert_label_padding_masked(batches)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_apply_gradinit_with_a_seq2seq_collator_masks_label_padding(monkeypatch, family):
+    model = FAMILIES[family]()
+    batches = _record_batches(monkeypatch, gradinit_module)
+    collator = DataCollatorForSeq2Seq(tiny_tokenizer(), model=model)
+    config = GradInitConfig(iterations=2)
+    apply_gradinit(
+        model, _features(), config, data_collator=collator, batch_size=6, show_progress=False
+    )
+    _assert_label_padding_masked(batches)
