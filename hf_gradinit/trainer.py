@@ -293,6 +293,7 @@ class GradInitTrainingArguments(GradInitArguments, Seq2SeqTrainingArguments):
             )
         if self.gradinit:
             self.to_gradinit_config()  # validate now, with clear messages and warnings
+            check_gradinit_batch_size(self)
 
     def to_gradinit_config(
         self,
@@ -310,6 +311,40 @@ class GradInitTrainingArguments(GradInitArguments, Seq2SeqTrainingArguments):
             seed=self.seed if seed is None else seed,
             warn=warn,
         )
+
+
+def check_gradinit_batch_size(args: Any) -> None:
+    """Raise ``ValueError`` when GradInit's batches would hold one example: each batch is split
+    into two sub-batches, so training would otherwise stop at GradInit's first iteration.
+
+    The GradInit batch is ``gradinit_batch_size``, else ``per_device_train_batch_size`` (not
+    the accumulated batch: accumulation is usually there because a bigger batch does not fit
+    in memory, and GradInit processes its batch at once).
+    """
+    own = getattr(args, "gradinit_batch_size", None)
+    batch = own or getattr(args, "per_device_train_batch_size", 8)
+    overlap = getattr(args, "gradinit_overlap", _CORE_FIELDS["overlap"].default)
+    if batch >= 2 or overlap >= 1:
+        return
+    accumulation = getattr(args, "gradient_accumulation_steps", 1)
+    suggestion = f" (e.g. {accumulation}, the accumulated batch, if it fits in memory)"
+    where = (
+        "--gradinit_batch_size"
+        if isinstance(args, GradInitArguments)
+        else "gradinit_batch_size (use GradInitTrainingArguments)"
+    )
+    raise ValueError(
+        "GradInit splits each batch into two overlapping sub-batches, so its batches need at "
+        f"least 2 examples (3 or more is better), but per_device_train_batch_size is {batch}"
+        + (
+            f" (gradient_accumulation_steps {accumulation} does not change that)"
+            if accumulation > 1
+            else ""
+        )
+        + f". Set {where}"
+        + (suggestion if accumulation > 1 else " to 3 or more")
+        + ", or turn GradInit off (--no_gradinit)."
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -421,6 +456,8 @@ class GradInitTrainer(Seq2SeqTrainer):
         super().__init__(model, args, *more, **kwargs)
         # DataCollatorForSeq2Seq(model=fsmt) would score label padding; see hf_gradinit.data.
         self.data_collator = label_safe_collator(self.data_collator)
+        if self.gradinit_enabled:
+            check_gradinit_batch_size(self.args)  # also for plain Seq2SeqTrainingArguments
         self.gradinit_result: GradInitResult | None = None
         self._gradinit_pending_logs: list[dict[str, float]] = []
         self._gradinit_models: weakref.WeakSet = weakref.WeakSet()
@@ -487,17 +524,42 @@ class GradInitTrainer(Seq2SeqTrainer):
         biased sample. A subclass's own ``_get_train_sampler`` is used as it is. Training
         keeps its length grouping.
         """
-        saved_strategy, saved_batch = self.args.train_sampling_strategy, self._train_batch_size
+        saved = (
+            self.args.train_sampling_strategy,
+            self._train_batch_size,
+            self.args.dataloader_drop_last,
+        )
         if self._groups_by_length_as_transformers():
             self.args.train_sampling_strategy = "random"
         batch_size = getattr(self.args, "gradinit_batch_size", None)
         if batch_size is not None:
             self._train_batch_size = batch_size * max(1, self.args.n_gpu)
+        # Whole batches only: a short last batch (dataset size modulo the batch size) could
+        # not be split into S and S~. A dataset smaller than one batch per process gives
+        # batches of all it has.
+        size = self._gradinit_dataset_size()
+        if size is not None:
+            world = max(1, self.args.world_size)
+            self._train_batch_size = max(1, min(self._train_batch_size, size // world))
+            self.args.dataloader_drop_last = True
         try:
             return self.get_train_dataloader()
         finally:
-            self.args.train_sampling_strategy = saved_strategy
-            self._train_batch_size = saved_batch
+            (
+                self.args.train_sampling_strategy,
+                self._train_batch_size,
+                self.args.dataloader_drop_last,
+            ) = saved
+
+    def _gradinit_dataset_size(self) -> int | None:
+        """Examples in the training set, None for an iterable dataset (no length)."""
+        dataset = self.train_dataset
+        if isinstance(dataset, torch.utils.data.IterableDataset):
+            return None
+        try:
+            return len(dataset)
+        except TypeError:
+            return None
 
     def run_gradinit(self) -> GradInitResult:
         """Run GradInit on ``self.model`` now and apply the scales.

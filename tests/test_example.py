@@ -248,6 +248,20 @@ def test_other_model_types_train_and_translate(run, tmp_path, model_type):
     assert generated.shape[0] == 1
 
 
+def test_a_short_last_batch_does_not_stop_gradinit(run, tmp_path):
+    """--max_train_samples 9 with batches of 8: 8 + 1, and a batch of 1 cannot be split."""
+    train = write_jsonl(tmp_path / "train.jsonl", translation_rows(fr_en_pairs(40)))
+    results = run.main(
+        [
+            *TINY,
+            *["--max_train_samples", "9", "--do_eval", "false", "--do_predict", "false"],
+            *["--train_file", str(train), "--source_lang", "fr", "--target_lang", "en"],
+            *["--output_dir", str(tmp_path / "out"), "--cache_dir", str(tmp_path / "cache")],
+        ]
+    )
+    assert results["train_samples"] == 9 and results["gradinit_iterations"] == 2
+
+
 # --------------------------------------------------------------------------------------
 # Clear errors
 # --------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from transformers import (
     AutoConfig,
     AutoModelForSeq2SeqLM,
     DataCollatorForSeq2Seq,
+    Seq2SeqTrainingArguments,
 )
 
 import hf_gradinit.gradinit as gradinit_module
@@ -292,3 +293,45 @@ def test_apply_gradinit_with_a_seq2seq_collator_masks_label_padding(monkeypatch,
         model, _features(), config, data_collator=collator, batch_size=6, show_progress=False
     )
     _assert_label_padding_masked(batches)
+
+
+# --------------------------------------------------------------------------------------
+# 3. GradInit's batches do not depend on the dataset size modulo the batch size
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("examples,expected", [(4, 3), (7, 3), (2, 2)])
+def test_trainer_gradinit_batches_are_whole(tmp_path, monkeypatch, examples, expected):
+    batches = _record_batches(monkeypatch, trainer_module)
+    args = _train_args(tmp_path, per_device_train_batch_size=3, gradinit_iterations=5)
+    trainer = GradInitTrainer(
+        model=tiny_marian(), args=args, train_dataset=seq2seq_examples(examples)
+    )
+    trainer.train()
+    assert [b["input_ids"].shape[0] for b in batches][:5] == [expected] * 5
+    assert trainer.args.dataloader_drop_last is False  # training's loader is left alone
+
+
+# --------------------------------------------------------------------------------------
+# 4. A GradInit batch of one example is refused when the arguments are made
+# --------------------------------------------------------------------------------------
+
+
+def test_a_gradinit_batch_of_one_is_refused_when_the_arguments_are_made(tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match="--gradinit_batch_size"):
+        _train_args(tmp_path, per_device_train_batch_size=1, gradient_accumulation_steps=8)
+    _train_args(tmp_path, per_device_train_batch_size=1, gradinit=False)  # no GradInit: fine
+    _train_args(tmp_path, per_device_train_batch_size=1, gradinit_overlap=1.0)  # no split
+    plain = Seq2SeqTrainingArguments(
+        str(tmp_path / "plain"), per_device_train_batch_size=1, use_cpu=True, report_to="none"
+    )
+    with pytest.raises(ValueError, match="gradinit_batch_size"):
+        GradInitTrainer(model=tiny_marian(), args=plain, train_dataset=seq2seq_examples(8))
+
+    batches = _record_batches(monkeypatch, trainer_module)
+    args = _train_args(
+        tmp_path, per_device_train_batch_size=1, gradient_accumulation_steps=8,
+        gradinit_batch_size=4, gradinit_iterations=2,
+    )  # fmt: skip
+    GradInitTrainer(model=tiny_marian(), args=args, train_dataset=seq2seq_examples(12)).train()
+    assert [b["input_ids"].shape[0] for b in batches][:2] == [4, 4]
