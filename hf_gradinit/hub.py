@@ -367,6 +367,37 @@ def _versions() -> dict[str, str]:
 # --------------------------------------------------------------------------------------
 
 
+class PushError(RuntimeError):
+    """The checkpoint was saved locally, but uploading it failed (network, token, Hub)."""
+
+
+def default_repo_id(output_dir: str | os.PathLike) -> str:
+    """The repository a checkpoint is pushed to without ``hub_model_id``: the folder's name."""
+    return Path(output_dir).resolve().name
+
+
+def check_push_target(repo_id: str) -> None:
+    """Raise ``ValueError`` before any work if a push to ``repo_id`` cannot succeed: an
+    invalid repo id, or the Hub switched off (``HF_HUB_OFFLINE``)."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        raise ValueError(f"{repo_id!r} is not a valid Hub repo id: {err}") from None
+    if constants.HF_HUB_OFFLINE:
+        raise ValueError(
+            "Pushing needs the network, but HF_HUB_OFFLINE is set: unset it, or save locally "
+            "without pushing and upload the folder later (`hf upload`)."
+        )
+
+
+def _one_line(err: BaseException) -> str:
+    return f"{type(err).__name__}: " + " ".join(str(err).split())
+
+
 def push_folder_to_hub(
     folder: str | os.PathLike,
     repo_id: str,
@@ -429,6 +460,9 @@ def save_initialized_checkpoint(
             f"save_initialized_checkpoint needs a transformers PreTrainedModel, got "
             f"{type(model).__name__}; for other modules save result.to_dict() yourself."
         )
+    repo_id = hub_model_id or default_repo_id(output_dir)
+    if push_to_hub:
+        check_push_target(repo_id)  # before anything is written
     state = initialization_state(model)
     if state == "stale":
         raise GradInitError(
@@ -449,7 +483,6 @@ def save_initialized_checkpoint(
     if tokenizer is not None:
         tokenizer.save_pretrained(output_dir)
     has_plot = write_gradinit_files(output_dir, result, plot=plot)
-    repo_id = hub_model_id or output_dir.resolve().name
     card = make_model_card(
         result,
         model_name=model_name or repo_id.split("/")[-1],
@@ -469,9 +502,15 @@ def save_initialized_checkpoint(
     )
     card.save(str(output_dir / CARD_FILE))
     if push_to_hub:
-        commit = push_folder_to_hub(
-            output_dir, repo_id, token=hub_token, private=private, commit_message=commit_message
-        )
+        try:
+            commit = push_folder_to_hub(
+                output_dir, repo_id, token=hub_token, private=private, commit_message=commit_message
+            )
+        except Exception as err:  # any failure here leaves the saved checkpoint intact
+            raise PushError(
+                f"The checkpoint is saved in {output_dir}, but pushing it to {repo_id} failed "
+                f"({_one_line(err)}). Upload it later with `hf upload {repo_id} {output_dir}`."
+            ) from err
         logger.info(
             "Pushed the initialized checkpoint to %s", getattr(commit, "commit_url", repo_id)
         )

@@ -3,7 +3,9 @@ models built from config, offline. One section per fault kind."""
 
 from __future__ import annotations
 
+import fnmatch
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,7 @@ from conftest import (
     toy_translation_records,
     write_jsonl,
 )
+from huggingface_hub import CommitInfo, HfApi, RepoUrl
 from transformers import (
     AutoConfig,
     AutoModelForSeq2SeqLM,
@@ -335,3 +338,99 @@ def test_a_gradinit_batch_of_one_is_refused_when_the_arguments_are_made(tmp_path
     )  # fmt: skip
     GradInitTrainer(model=tiny_marian(), args=args, train_dataset=seq2seq_examples(12)).train()
     assert [b["input_ids"].shape[0] for b in batches][:2] == [4, 4]
+
+
+# --------------------------------------------------------------------------------------
+# 5. `hf-gradinit init --push_to_hub`: checked before any work; push failures in one line
+# --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def uploads(monkeypatch):
+    """HfApi's HTTP calls patched (no network); the uploaded file names per call."""
+    record: list[list[str]] = []
+
+    def create_repo(self, repo_id, *args, **kwargs):
+        return RepoUrl(f"https://huggingface.co/{repo_id}")
+
+    def upload_folder(self, *, repo_id, folder_path, **kwargs):
+        ignore = kwargs.get("ignore_patterns") or []
+        names = [
+            p.name
+            for p in Path(folder_path).iterdir()
+            if not any(fnmatch.fnmatch(p.name, i) for i in ignore)
+        ]
+        record.append(sorted(names))
+        return CommitInfo(
+            commit_url=f"https://huggingface.co/{repo_id}/commit/0",
+            commit_message="",
+            commit_description="",
+            oid="0" * 40,
+        )
+
+    monkeypatch.setattr(HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    return record
+
+
+def _push_setup(tmp_path):
+    folder = model_folder(tmp_path / "model", tiny_marian(), tiny_tokenizer(), weights=False)
+    data = write_jsonl(tmp_path / "train.jsonl", toy_translation_records(30))
+    return folder, data
+
+
+@pytest.mark.parametrize(
+    "out_name,extra,match",
+    [
+        ("marian+gradinit", [], r"'marian\+gradinit'.*--hub_model_id"),
+        ("ok", ["--hub_model_id", "me/marian gradinit"], "'me/marian gradinit'"),
+    ],
+    ids=["default-id-from-folder", "given-id"],
+)
+def test_cli_push_checks_the_repo_id_before_any_work(
+    tmp_path, capsys, monkeypatch, uploads, out_name, extra, match
+):
+    folder, data = _push_setup(tmp_path)
+    monkeypatch.setattr(gradinit_module, "compute_gradinit_scales", _never_called)
+    out = tmp_path / out_name
+    assert main(_cli_init(folder, data, out, "--push_to_hub", *extra)) == 2
+    err = capsys.readouterr().err
+    assert "repo id" in err and len(err.strip().splitlines()) == 1
+    assert re.search(match, err), err
+    assert not out.exists() and uploads == []
+
+
+def test_cli_push_offline_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    from huggingface_hub import constants
+
+    folder, data = _push_setup(tmp_path)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(gradinit_module, "compute_gradinit_scales", _never_called)
+    out = tmp_path / "out"
+    args = _cli_init(folder, data, out, "--push_to_hub", "--hub_model_id", "me/marian-init")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "HF_HUB_OFFLINE" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_cli_push_network_failure_is_one_line_and_keeps_the_checkpoint(
+    tmp_path, capsys, monkeypatch, uploads
+):
+    def unreachable(self, *args, **kwargs):
+        raise ConnectionError("[Errno 101] Network is unreachable")
+
+    monkeypatch.setattr(HfApi, "create_repo", unreachable)
+    folder, data = _push_setup(tmp_path)
+    out = tmp_path / "out"
+    args = _cli_init(folder, data, out, "--push_to_hub", "--hub_model_id", "me/marian-init")
+    assert main(args) == 3
+    lines = capsys.readouterr().err.strip().splitlines()  # GradInit's progress bar, then
+    assert not any("Traceback" in line for line in lines)
+    assert [line for line in lines if line.startswith("hf-gradinit")] == lines[-1:]
+    err = lines[-1]  # one line
+    assert err.startswith("hf-gradinit: push failed:")
+    assert "me/marian-init" in err and "Network is unreachable" in err and str(out) in err
+    for name in ("config.json", "model.safetensors", SCALES_FILE, "README.md"):
+        assert (out / name).is_file(), name
+    assert is_initialized(AutoModelForSeq2SeqLM.from_pretrained(out))
