@@ -261,10 +261,14 @@ def split_batch(
     return _select(batch, perm[:n]), _select(batch, perm[b - n :])
 
 
-def _to_device(batch: Any, device: torch.device) -> Any:
+def _to_device(batch: Any, device: torch.device, dtype: torch.dtype | None = None) -> Any:
+    """The batch on ``device``, its floating-point tensors in ``dtype`` (GradInit's compute
+    dtype: half-precision inputs must not meet the fp32 copies of the weights as they are)."""
     if isinstance(batch, Mapping):
-        return {k: _to_device(v, device) for k, v in batch.items()}
+        return {k: _to_device(v, device, dtype) for k, v in batch.items()}
     if isinstance(batch, torch.Tensor):
+        if dtype is not None and batch.is_floating_point():
+            return batch.to(device, dtype=dtype, non_blocking=True)
         return batch.to(device, non_blocking=True)
     return batch
 
@@ -537,7 +541,7 @@ def compute_gradinit_scales(
         with _gradinit_mode(model, device):
             for it in range(config.iterations):
                 t0 = time.perf_counter()
-                batch = _to_device(next(data), device)
+                batch = _to_device(next(data), device, dtype)
                 batch_s, batch_t = split_batch(batch, config.overlap, generator)
 
                 if it == 0:

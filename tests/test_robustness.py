@@ -434,3 +434,71 @@ def test_cli_push_network_failure_is_one_line_and_keeps_the_checkpoint(
     for name in ("config.json", "model.safetensors", SCALES_FILE, "README.md"):
         assert (out / name).is_file(), name
     assert is_initialized(AutoModelForSeq2SeqLM.from_pretrained(out))
+
+
+# --------------------------------------------------------------------------------------
+# 6. Floating-point inputs follow GradInit's fp32 compute
+# --------------------------------------------------------------------------------------
+
+
+class FloatInputNet(torch.nn.Module):
+    """A model whose inputs are floats (features, not token ids) and returns a loss."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3)
+        )
+
+    def forward(self, features, labels=None):
+        logits = self.net(features)
+        return {"loss": torch.nn.functional.cross_entropy(logits.float(), labels)}
+
+
+def _input_dtypes(model: torch.nn.Module, name: str) -> list[torch.dtype]:
+    seen = []
+    model.register_forward_pre_hook(
+        lambda m, args, kwargs: seen.append(kwargs[name].dtype), with_kwargs=True
+    )
+    return seen
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_float_inputs_follow_the_compute_dtype(dtype):
+    model = FloatInputNet().to(dtype)
+    seen = _input_dtypes(model, "features")
+    g = torch.Generator().manual_seed(0)
+    data = [
+        {"features": torch.randn(4, generator=g).to(dtype), "labels": torch.tensor(i % 3)}
+        for i in range(24)
+    ]
+    before = snapshot(model)
+    config = GradInitConfig(iterations=3)
+    result = apply_gradinit(model, data, config, batch_size=6, show_progress=False)
+    assert seen and set(seen) == {torch.float32}
+    for name, p in model.named_parameters():  # the model keeps its own precision
+        assert p.dtype == dtype
+        expected = before[name] * torch.tensor(result.scales[name], dtype=dtype)
+        assert torch.equal(p.detach(), expected), name
+
+
+def test_hf_model_with_float_inputs_gets_them_in_fp32():
+    from transformers import ViTConfig, ViTForImageClassification
+
+    config = ViTConfig(
+        hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+        image_size=8, patch_size=4, num_labels=3,
+    )  # fmt: skip
+    model = ViTForImageClassification(config).to(torch.bfloat16)
+    seen = _input_dtypes(model, "pixel_values")
+    g = torch.Generator().manual_seed(0)
+    data = [
+        {
+            "pixel_values": torch.randn(3, 8, 8, generator=g).bfloat16(),
+            "labels": torch.tensor(i % 3),
+        }
+        for i in range(12)
+    ]
+    apply_gradinit(model, data, GradInitConfig(iterations=2), batch_size=6, show_progress=False)
+    assert seen and set(seen) == {torch.float32}
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters())
