@@ -311,6 +311,30 @@ def test_missing_file_and_wrong_format(run, tmp_path):
         run.main(_bad_data_args(tmp_path, csv))
 
 
+@pytest.mark.parametrize(
+    "target,tokenize,match",
+    [
+        ("ja", None, r"'ja-mecab'.*pip install \"sacrebleu\[ja\]\".*--bleu_tokenize"),
+        ("ko", None, r"'ko-mecab'.*pip install \"sacrebleu\[ko\]\".*--bleu_tokenize"),
+        ("en", "nope", r"--bleu_tokenize 'nope' is not a sacreBLEU tokenizer.*13a.*char"),
+    ],
+    ids=["ja", "ko", "unknown"],
+)
+def test_bleu_tokenizer_problems_are_one_line_errors_before_any_work(
+    run, tmp_path, monkeypatch, target, tokenize, match
+):
+    train = write_jsonl(tmp_path / "train.jsonl", translation_rows(fr_en_pairs(8), tgt=target))
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("work started before the BLEU tokenizer was checked")
+
+    monkeypatch.setattr(run, "load_raw_datasets", no_work)
+    extra = ["--bleu_tokenize", tokenize] if tokenize else []
+    with pytest.raises(run.UsageError, match=match) as info:
+        run.main(_bad_data_args(tmp_path, train, "--target_lang", target, *extra))
+    assert "\n" not in str(info.value)
+
+
 def test_unknown_model_type(run, tmp_path):
     with pytest.raises(ValueError, match=r"Unknown --model_type 'gpt2'.*marian, bart, fsmt"):
         run.main(["--model_type", "gpt2", "--output_dir", str(tmp_path)])

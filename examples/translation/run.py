@@ -34,6 +34,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import json  # noqa: E402
 import logging  # noqa: E402
+import re  # noqa: E402
 import sys  # noqa: E402
 import warnings  # noqa: E402
 from dataclasses import dataclass, field
@@ -735,6 +736,40 @@ class Seq2SeqCollator:
 # ======================================================================================
 
 
+def make_bleu(target_lang: str, tokenize: str | None = None) -> BLEU:
+    """sacreBLEU for ``target_lang``, or a one-line :class:`UsageError` when its tokenizer
+    cannot run here (ja/ko need an extra, flores/spm need sentencepiece) or does not exist.
+
+    main() calls this before any work, so a missing extra does not cost a training run.
+    """
+    from sacrebleu.metrics import bleu as bleu_module
+
+    names = sorted(getattr(bleu_module, "_TOKENIZERS", {})) or ["13a", "char", "intl", "none"]
+    default = getattr(BLEU, "_TOKENIZER_MAP", {}).get(target_lang, BLEU.TOKENIZER_DEFAULT)
+    name = tokenize or default
+    try:
+        return BLEU(tokenize=tokenize, trg_lang=target_lang)
+    except KeyError:
+        raise UsageError(
+            f"--bleu_tokenize {tokenize!r} is not a sacreBLEU tokenizer; choose one of "
+            f"{', '.join(names)}."
+        ) from None
+    except (ImportError, RuntimeError, OSError) as err:
+        text = " ".join(str(err).split())
+        extra = re.search(r"pip install (\S+)", text)
+        fix = (
+            f'install what it needs (`pip install "{extra.group(1)}"`)'
+            if extra
+            else f"fix that ({text})"
+        )
+        which = "" if tokenize else f" (sacreBLEU's choice for target language {target_lang!r})"
+        raise UsageError(
+            f"sacreBLEU's {name!r} tokenizer{which} cannot run here: "
+            f"{type(err).__name__}. Either {fix}, or choose another with --bleu_tokenize "
+            "(e.g. char, or 13a; the score's signature names it)."
+        ) from None
+
+
 class BleuMetric:
     """sacreBLEU on detokenized text, as ``compute_metrics`` for the trainer.
 
@@ -746,7 +781,7 @@ class BleuMetric:
 
     def __init__(self, tokenizer, target_lang: str, tokenize: str | None = None):
         self.tokenizer = tokenizer
-        self.bleu = BLEU(tokenize=tokenize, trg_lang=target_lang)
+        self.bleu = make_bleu(target_lang, tokenize)
         self.references: list[str] | None = None
 
     @property
@@ -896,6 +931,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         (output_dir / "all_results.json").unlink(missing_ok=True)  # no stale results
     set_seed(training_args.seed)
     src, tgt = data_args.source_lang, data_args.target_lang
+    bleu = BleuMetric(None, tgt, data_args.bleu_tokenize)  # before any work: needs an extra?
 
     # ---- data and tokenizer -------------------------------------------------------------
     with training_args.main_process_first(desc="loading the data"):
@@ -964,7 +1000,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         n_params / 1e6,
     )
 
-    bleu = BleuMetric(tokenizer, tgt, data_args.bleu_tokenize)
+    bleu.tokenizer = tokenizer
     if "validation" in eval_splits:
         bleu.references = eval_splits["validation"].sorted_references()
     use_fp = training_args.fp16 or training_args.bf16
