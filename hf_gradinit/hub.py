@@ -327,11 +327,11 @@ def make_model_card(
         parts.append(f"_Plot skipped: {plot_note}._\n")
     parts.append("### Scales by layer\n")
     parts.append(scales_table(result))
-    if trained and (training_hyperparameters or training_results or eval_results):
+    if eval_results:
+        parts.append("## Evaluation\n")
+        parts.append("\n".join(f"- {k}: {_fmt(v)}" for k, v in eval_results.items()) + "\n")
+    if trained and (training_hyperparameters or training_results):
         parts.append("## Training\n")
-        if eval_results:
-            parts.append("Final evaluation:\n")
-            parts.append("\n".join(f"- {k}: {_fmt(v)}" for k, v in eval_results.items()) + "\n")
         if training_hyperparameters:
             parts.append("Hyperparameters:\n")
             parts.append(

@@ -21,7 +21,8 @@ What the trainer adds, and where (the fewest overrides that do it):
 * a callback's ``on_train_begin`` logs the GradInit metrics: ``train()`` creates a new
   ``TrainerState`` after GradInit ran, so logging earlier would be lost.
 * ``_save``, ``_push_from_checkpoint`` and ``create_model_card``: the scales file, the plot,
-  ``config.gradinit`` and a GradInit model card go with every save and every push.
+  ``config.gradinit`` and a GradInit model card (README.md) go with every save and every
+  push.
 """
 
 from __future__ import annotations
@@ -461,6 +462,7 @@ class GradInitTrainer(Seq2SeqTrainer):
         self.gradinit_result: GradInitResult | None = None
         self._gradinit_pending_logs: list[dict[str, float]] = []
         self._gradinit_models: weakref.WeakSet = weakref.WeakSet()
+        self._card_kwargs: dict[str, Any] = {}  # of the last create_model_card call
         self.add_callback(_GradInitLogCallback(self))
         if not isinstance(self.args, GradInitArguments):
             logger.warning(
@@ -699,15 +701,16 @@ class GradInitTrainer(Seq2SeqTrainer):
         elif self.model in self._gradinit_models:
             record.refresh_fingerprint(self.model, state_dict)
         super()._save(output_dir, state_dict)
-        if self.args.should_save:
-            self._write_gradinit_files(output_dir)
+        if self.args.should_save and self.gradinit_result is not None:
+            # A card wherever a model is saved, not only on a push (with the metadata of
+            # the last create_model_card call).
+            self._write_model_card(output_dir, **self._card_kwargs)
 
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
         """Trainer copies only the standard model files from the checkpoint into output_dir
         before uploading it; put the GradInit files and card there too."""
         if self.gradinit_result is not None and self.is_world_process_zero():
-            self._write_gradinit_files(self.args.output_dir)
-            self.create_model_card()
+            self._write_model_card(self.args.output_dir, **self._card_kwargs)
         super()._push_from_checkpoint(checkpoint_folder)
 
     def create_model_card(
@@ -721,10 +724,13 @@ class GradInitTrainer(Seq2SeqTrainer):
         dataset_tags: str | list[str] | None = None,
         dataset: str | list[str] | None = None,
         dataset_args: str | list[str] | None = None,
+        results: Mapping[str, Any] | None = None,
     ) -> None:
         """Writes the GradInit model card to output_dir/README.md (Trainer's card when
         GradInit did not run): Hub metadata, settings, scales table and plot, training
-        hyperparameters and results."""
+        hyperparameters and results. ``results`` (e.g. BLEU scores) replaces the card's
+        evaluation list, which otherwise comes from the log history. Later saves write the
+        card again with these arguments."""
         if self.gradinit_result is None:
             super().create_model_card(
                 language=language,
@@ -738,8 +744,37 @@ class GradInitTrainer(Seq2SeqTrainer):
                 dataset_args=dataset_args,
             )
             return
-        if not self.is_world_process_zero():
-            return
+        self._card_kwargs = dict(
+            language=language,
+            license=license,
+            tags=tags,
+            model_name=model_name,
+            finetuned_from=finetuned_from,
+            tasks=tasks,
+            dataset_tags=dataset_tags,
+            dataset=dataset,
+            dataset_args=dataset_args,
+            results=results,
+        )
+        if self.is_world_process_zero():
+            self._write_model_card(self.args.output_dir, **self._card_kwargs)
+
+    def _write_model_card(
+        self,
+        folder: str,
+        *,
+        language: str | None = None,
+        license: str | None = None,
+        tags: str | list[str] | None = None,
+        model_name: str | None = None,
+        finetuned_from: str | None = None,
+        tasks: str | list[str] | None = None,
+        dataset_tags: str | list[str] | None = None,
+        dataset: str | list[str] | None = None,
+        dataset_args: str | list[str] | None = None,
+        results: Mapping[str, Any] | None = None,
+    ) -> None:
+        """The GradInit files and the GradInit model card (README.md) into ``folder``."""
         from transformers.modelcard import TrainingSummary
 
         summary = TrainingSummary.from_trainer(
@@ -758,7 +793,8 @@ class GradInitTrainer(Seq2SeqTrainer):
         if not base or os.path.isdir(base):  # built from a config, or a local folder
             base = None
         output_dir = self.args.output_dir
-        has_plot = self._write_gradinit_files(output_dir)
+        os.makedirs(folder, exist_ok=True)
+        has_plot = self._write_gradinit_files(folder)
         model = self.accelerator.unwrap_model(self.model)
         model_type = getattr(getattr(model, "config", None), "model_type", None)
         tags_out = [*hub._as_list(summary.tags), *hub._as_list(model_type)]
@@ -776,14 +812,13 @@ class GradInitTrainer(Seq2SeqTrainer):
             pipeline_tag=summary.tasks if isinstance(summary.tasks, str) else None,
             training_hyperparameters=summary.hyperparameters,
             training_results=summary.eval_lines,
-            eval_results=summary.eval_results,
+            eval_results=dict(results) if results is not None else summary.eval_results,
             plot_file=hub.PLOT_FILE if has_plot else None,
             data_description=_dataset_phrase(summary.dataset),
             optim=str(getattr(self.args.optim, "value", self.args.optim)),
             learning_rate=self.args.learning_rate,
         )
-        os.makedirs(output_dir, exist_ok=True)
-        card.save(os.path.join(output_dir, hub.CARD_FILE))
+        card.save(os.path.join(folder, hub.CARD_FILE))
 
 
 __all__ = [

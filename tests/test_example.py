@@ -14,6 +14,7 @@ import datasets
 import pytest
 import torch
 from conftest import load_script
+from huggingface_hub import ModelCard
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -106,6 +107,18 @@ def test_end_to_end_on_the_shipped_corpus(run, tmp_path):
     assert len(lines(out / "validation_predictions.txt")) == 6
     assert len(lines(out / "test_predictions.txt")) == 5
     assert (out / "gradinit_scales.json").is_file()
+
+    # The model card is written locally too, without --push_to_hub: scores and GradInit.
+    card = ModelCard.load(out / "README.md")
+    assert card.data.language == ["de", "en"] and "gradinit" in card.data.tags
+    assert f"- validation BLEU: {results['eval_bleu']:.4g}" in card.text
+    assert f"- test BLEU: {results['test_bleu']:.4g}" in card.text
+    assert results["test_bleu_signature"] in card.text
+    assert (
+        "## GradInit" in card.text
+        and "![GradInit scales and losses](gradinit_scales.png)" in card.text
+    )
+    assert (out / "gradinit_scales.png").is_file()
 
     model = AutoModelForSeq2SeqLM.from_pretrained(out)
     tokenizer = AutoTokenizer.from_pretrained(out)

@@ -23,7 +23,7 @@ from conftest import (
     toy_translation_records,
     write_jsonl,
 )
-from huggingface_hub import CommitInfo, HfApi, RepoUrl
+from huggingface_hub import CommitInfo, HfApi, ModelCard, RepoUrl
 from transformers import (
     AutoConfig,
     AutoModelForSeq2SeqLM,
@@ -502,3 +502,22 @@ def test_hf_model_with_float_inputs_gets_them_in_fp32():
     apply_gradinit(model, data, GradInitConfig(iterations=2), batch_size=6, show_progress=False)
     assert seen and set(seen) == {torch.float32}
     assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+
+
+# --------------------------------------------------------------------------------------
+# 8. A model card wherever a model is saved
+# --------------------------------------------------------------------------------------
+
+
+def test_trainer_writes_the_card_wherever_it_saves(tmp_path):
+    args = _train_args(tmp_path, max_steps=2, save_strategy="steps", save_steps=2)
+    trainer = GradInitTrainer(model=tiny_marian(), args=args, train_dataset=seq2seq_examples(24))
+    trainer.train()
+    checkpoint = Path(args.output_dir) / "checkpoint-2"
+    assert "## GradInit" in (checkpoint / "README.md").read_text()
+    trainer.create_model_card(language=["de", "en"], results={"test BLEU": 12.5})
+    (Path(args.output_dir) / "README.md").unlink()
+    trainer.save_model()  # no push: the card is written, with the metadata given before
+    card = ModelCard.load(Path(args.output_dir) / "README.md")
+    assert card.data.language == ["de", "en"] and "- test BLEU: 12.5" in card.text
+    assert "## GradInit" in card.text

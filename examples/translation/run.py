@@ -10,8 +10,9 @@ LibreOffice-help corpus shipped next to it):
 2. builds a randomly initialized Marian (or BART / FSMT) model from a config,
 3. runs GradInit and trains with :class:`hf_gradinit.GradInitTrainer` (no warmup),
 4. translates the validation and test sets and scores them with sacreBLEU,
-5. writes the model, the tokenizer, the predictions and ``all_results.json`` to
-   ``--output_dir`` (and pushes them with ``--push_to_hub``).
+5. writes the model, the tokenizer, the predictions, ``all_results.json`` and a model card
+   (README.md: BLEU, GradInit summary and plot) to ``--output_dir`` (and pushes them with
+   ``--push_to_hub``).
 
     python examples/translation/run.py                      # CPU-sized defaults, < 10 min
     accelerate launch examples/translation/run.py --output_dir runs/deen
@@ -1085,11 +1086,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         trainer.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
         results.update(metrics)
 
+    card = dict(  # the model card: written locally, and pushed with --push_to_hub
+        language=[src, tgt],
+        tags=["translation", "post-ln", *(["gradinit"] if training_args.gradinit else [])],
+        tasks="translation",
+        dataset=data_args.dataset_name or _data_description(data_args),
+        dataset_tags=data_args.dataset_name,
+        results=card_results(results),
+    )
     if training_args.should_save:
         trainer.save_state()
         (output_dir / "all_results.json").write_text(
             json.dumps(results, indent=4, sort_keys=True) + "\n", encoding="utf-8"
         )
+        trainer.create_model_card(**card)  # README.md: BLEU, GradInit summary and plot
     if "eval_bleu" in results or "test_bleu" in results:
         logger.info(
             "BLEU: validation %s, test %s  (%s)",
@@ -1097,16 +1107,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             results.get("test_bleu", "-"),
             bleu.signature,
         )
-    logger.info("Model, tokenizer, predictions and all_results.json are in %s", output_dir)
+    logger.info(
+        "Model, tokenizer, predictions, model card and all_results.json are in %s", output_dir
+    )
 
     if training_args.push_to_hub:
-        trainer.push_to_hub(
-            language=[src, tgt],
-            tags=["translation", "gradinit", "post-ln"],
-            tasks="translation",
-            dataset=data_args.dataset_name or _data_description(data_args),
-            dataset_tags=data_args.dataset_name,
-        )
+        trainer.push_to_hub(**card)
     return results
 
 
@@ -1119,6 +1125,23 @@ def save_locally(trainer: TranslationTrainer) -> None:
     the uploads).
     """
     trainer.save_model(_internal_call=True)
+
+
+def card_results(results: dict[str, Any]) -> dict[str, Any] | None:
+    """The scores the model card lists: BLEU on each split, its signature, the sizes."""
+    names = {
+        "eval_bleu": "validation BLEU",
+        "test_bleu": "test BLEU",
+        "test_bleu_signature": "BLEU signature",
+        "eval_samples": "validation sentences",
+        "test_samples": "test sentences",
+        "eval_loss": "validation loss",
+        "test_loss": "test loss",
+    }
+    out = {label: results[key] for key, label in names.items() if key in results}
+    if "BLEU signature" not in out and "eval_bleu_signature" in results:
+        out["BLEU signature"] = results["eval_bleu_signature"]
+    return out or None
 
 
 def _data_description(data_args: DataTrainingArguments) -> str:
