@@ -295,8 +295,8 @@ def make_model_card(
     parts.append(
         "The scales are already multiplied into the weights; `gradinit_scales.json` keeps them "
         "(with the settings and the per-iteration history) and "
-        "`hf_gradinit.load_gradinit_result` reads it back. `GradInitTrainer` sees "
-        "`config.gradinit` and does not rescale such a model.\n"
+        "`hf_gradinit.load_gradinit_result` reads it back. `GradInitTrainer` sees that "
+        "`config.gradinit` matches the weights and does not rescale them.\n"
     )
     parts.append("## GradInit\n")
     training = [f"`{optim}`" if optim else "", f"lr {_fmt(learning_rate)}" if learning_rate else ""]
