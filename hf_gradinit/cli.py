@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import GradInitError
+from .hub import PushError
 from .trainer import GradInitArguments
 
 DEFAULT_BATCH_SIZE = 24
@@ -280,12 +281,24 @@ def run_init(a: InitArguments, g: GradInitArguments) -> Path:
     from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding
 
     from .gradinit import apply_gradinit
-    from .hub import save_initialized_checkpoint
+    from .hub import check_push_target, default_repo_id, save_initialized_checkpoint
+    from .record import is_initialized
 
     if a.learning_rate is None and g.gradinit_eta is None:
         raise CliError("Give --learning_rate (the one you will train with) or --gradinit_eta.")
     if not (Path(a.model_path) / "config.json").is_file():
         raise CliError(f"--model_path {a.model_path} is not a folder with a config.json.")
+    if a.push_to_hub:  # before any work, not after GradInit
+        try:
+            check_push_target(a.hub_model_id or default_repo_id(a.output_dir))
+        except ValueError as err:
+            hint = (
+                ""
+                if a.hub_model_id
+                else " The repo id defaults to --output_dir's name: give --hub_model_id "
+                "(e.g. you/marian-gradinit-init)."
+            )
+            raise CliError(f"--push_to_hub: {err}{hint}") from None
     records = read_jsonl(a.train_file, a.max_examples)
     task = "seq2seq" if "translation" in records[0] else "classification"
     if task == "classification" and a.text_column not in records[0]:
@@ -295,6 +308,12 @@ def run_init(a: InitArguments, g: GradInitArguments) -> Path:
         )
     tokenizer = load_tokenizer(a.model_path)
     model = load_model(a.model_path, task, a.seed)
+    if is_initialized(model):  # decided from the weights, as everywhere (hf_gradinit.record)
+        raise CliError(
+            f"--model_path {a.model_path} holds a model that is already GradInit-initialized "
+            "(its config.gradinit matches its weights): train from it as it is. Running "
+            "GradInit again would compound the scales."
+        )
     if task == "seq2seq":
         if not getattr(model.config, "is_encoder_decoder", False):
             raise CliError(
@@ -349,7 +368,7 @@ def run_init(a: InitArguments, g: GradInitArguments) -> Path:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``hf-gradinit``; returns the exit status (0 ok, 1 GradInit failed,
-    2 bad command line or input)."""
+    2 bad command line or input, 3 saved locally but the push failed)."""
     parser = _parsers()
     namespace = parser.parse_args(argv)
     if namespace.command is None:
@@ -365,6 +384,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GradInitError as err:
         print(f"hf-gradinit: GradInit failed: {err}", file=sys.stderr)
         return 1
+    except PushError as err:
+        print(f"hf-gradinit: push failed: {err}", file=sys.stderr)
+        return 3
     return 0
 
 

@@ -34,6 +34,8 @@ from torch import nn
 from torch.func import functional_call
 
 from .config import GradInitConfig, GradInitError
+from .data import label_safe_collator
+from .record import check_not_initialized, record_in_config
 
 LossFn = Callable[[Any, Mapping[str, Any]], torch.Tensor]
 
@@ -156,8 +158,10 @@ class GradInitResult:
         )
 
     def apply(self, model: nn.Module) -> None:
-        """Multiply the model's tensors by the learned scales (see :func:`apply_scales`)."""
+        """Multiply the model's tensors by the learned scales (see :func:`apply_scales`) and
+        record it in ``model.config.gradinit`` (an HF model), so it is not scaled twice."""
         apply_scales(model, self.scales)
+        record_in_config(model, self)
 
 
 # --------------------------------------------------------------------------------------
@@ -170,8 +174,10 @@ def apply_scales(model: nn.Module, scales: Mapping[str, float]) -> None:
 
     Names may be any alias of a tied tensor; a tied tensor is scaled once and stays tied.
     Everything is checked before the first tensor changes, and if the update is interrupted
-    the tensors already changed are put back.
+    the tensors already changed are put back. A model whose ``config.gradinit`` matches its
+    weights is already initialized and is refused (see :mod:`hf_gradinit.record`).
     """
+    check_not_initialized(model)
     by_name = dict(model.named_parameters(remove_duplicate=False))
     unknown = sorted(set(scales) - set(by_name))
     if unknown:
@@ -255,10 +261,14 @@ def split_batch(
     return _select(batch, perm[:n]), _select(batch, perm[b - n :])
 
 
-def _to_device(batch: Any, device: torch.device) -> Any:
+def _to_device(batch: Any, device: torch.device, dtype: torch.dtype | None = None) -> Any:
+    """The batch on ``device``, its floating-point tensors in ``dtype`` (GradInit's compute
+    dtype: half-precision inputs must not meet the fp32 copies of the weights as they are)."""
     if isinstance(batch, Mapping):
-        return {k: _to_device(v, device) for k, v in batch.items()}
+        return {k: _to_device(v, device, dtype) for k, v in batch.items()}
     if isinstance(batch, torch.Tensor):
+        if dtype is not None and batch.is_floating_point():
+            return batch.to(device, dtype=dtype, non_blocking=True)
         return batch.to(device, non_blocking=True)
     return batch
 
@@ -637,7 +647,7 @@ def compute_gradinit_scales(
         with _gradinit_mode(model, device, double_backward=exact and config.gamma is not None):
             for it in range(config.iterations):
                 t0 = time.perf_counter()
-                batch = _to_device(next(data), device)
+                batch = _to_device(next(data), device, dtype)
                 batch_s, batch_t = split_batch(batch, config.overlap, generator)
 
                 if it == 0:
@@ -845,7 +855,8 @@ def make_dataloader(
     """A shuffled DataLoader over ``data`` (a datasets.Dataset or a torch Dataset).
 
     Columns of a ``datasets.Dataset`` that ``model.forward`` does not take are dropped, as
-    the Trainer does. A DataLoader is returned unchanged.
+    the Trainer does. A ``DataCollatorForSeq2Seq`` builds decoder inputs from a copy of the
+    labels (:func:`~hf_gradinit.data.label_safe_collator`). A DataLoader is returned unchanged.
     """
     from torch.utils.data import DataLoader
 
@@ -876,6 +887,7 @@ def make_dataloader(
         from transformers import default_data_collator
 
         data_collator = default_data_collator
+    data_collator = label_safe_collator(data_collator)  # no model may rewrite the labels
     return DataLoader(
         data,
         batch_size=min(batch_size, len(data)),
@@ -915,8 +927,10 @@ def apply_gradinit(
 
     Returns:
         A :class:`GradInitResult`. The model is changed only at the very end; if anything
-        fails before, its weights are exactly as they were.
+        fails before, its weights are exactly as they were. An HF model gets
+        ``config.gradinit``; one that already matches it is refused before any work.
     """
+    check_not_initialized(model, warn_stale=True)
     if accelerator is None:
         from accelerate import PartialState
 
@@ -947,7 +961,7 @@ def apply_gradinit(
             loss_fn=loss_fn,
             show_progress=show_progress,
         )
-        apply_scales(model, result.scales)
+        result.apply(model)
     except BaseException:
         model.to(original_device)
         raise

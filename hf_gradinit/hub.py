@@ -4,9 +4,10 @@ A checkpoint made with GradInit carries, next to the usual model files:
 
 * ``gradinit_scales.json``: the whole :class:`~hf_gradinit.GradInitResult` (scales, settings,
   per-iteration history), reloadable with :func:`load_gradinit_result`;
-* ``config.gradinit`` in ``config.json``: a small summary (settings and outcome), so a model
-  loaded with ``from_pretrained`` still says how it was initialized (and ``GradInitTrainer``
-  knows not to scale it a second time);
+* ``config.gradinit`` in ``config.json``: a small summary (settings and outcome) and a
+  fingerprint of the weights, so a model loaded with ``from_pretrained`` still says how it was
+  initialized, and ``GradInitTrainer`` knows not to scale it a second time (see
+  :mod:`hf_gradinit.record` for how "initialized" is decided from the weights);
 * ``README.md``: a model card with Hub metadata, the settings, the scales by layer as a
   table, and ``gradinit_scales.png`` (a plot; skipped with a note when matplotlib is missing).
 
@@ -27,14 +28,23 @@ from typing import Any
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from .config import GradInitError
 from .gradinit import GradInitResult
+from .record import (  # noqa: F401 - re-exported: hub is where users look for them
+    CONFIG_KEY,
+    SCALES_FILE,
+    gradinit_config_entry,
+    initialization_state,
+    is_initialized,
+    record_in_config,
+    same_run,
+    stale_message,
+)
 
 logger = logging.getLogger(__name__)
 
-SCALES_FILE = "gradinit_scales.json"
 PLOT_FILE = "gradinit_scales.png"
 CARD_FILE = "README.md"
-CONFIG_KEY = "gradinit"  # model.config.gradinit
 TAG = "gradinit"
 
 PAPER = "https://arxiv.org/abs/2102.08098"
@@ -73,34 +83,6 @@ def load_gradinit_result(path: str | os.PathLike) -> GradInitResult:
         return GradInitResult.from_dict(data)
     except (ValueError, KeyError, TypeError) as err:
         raise ValueError(f"{path} is not a valid {SCALES_FILE}: {err}") from err
-
-
-def gradinit_config_entry(result: GradInitResult) -> dict[str, Any]:
-    """The summary stored as ``model.config.gradinit``: settings and outcome, no scales.
-
-    The scales themselves live in ``gradinit_scales.json``; the config only has to say that
-    (and how) the weights were initialized, and stay small.
-    """
-    from . import __version__
-
-    return {
-        "hf_gradinit_version": __version__,
-        "scales_file": SCALES_FILE,
-        "settings": result.config.to_dict(),
-        "summary": result.summary(),
-    }
-
-
-def record_in_config(model: Any, result: GradInitResult) -> None:
-    """Set ``model.config.gradinit`` (round-trips through ``save_pretrained``/``from_pretrained``)."""
-    config = getattr(model, "config", None)
-    if config is not None:
-        setattr(config, CONFIG_KEY, gradinit_config_entry(result))
-
-
-def is_initialized(model: Any) -> bool:
-    """Whether ``model`` says (in ``config.gradinit``) that its weights came from GradInit."""
-    return bool(getattr(getattr(model, "config", None), CONFIG_KEY, None))
 
 
 # --------------------------------------------------------------------------------------
@@ -313,8 +295,8 @@ def make_model_card(
     parts.append(
         "The scales are already multiplied into the weights; `gradinit_scales.json` keeps them "
         "(with the settings and the per-iteration history) and "
-        "`hf_gradinit.load_gradinit_result` reads it back. `GradInitTrainer` sees "
-        "`config.gradinit` and does not rescale such a model.\n"
+        "`hf_gradinit.load_gradinit_result` reads it back. `GradInitTrainer` sees that "
+        "`config.gradinit` matches the weights and does not rescale them.\n"
     )
     parts.append("## GradInit\n")
     training = [f"`{optim}`" if optim else "", f"lr {_fmt(learning_rate)}" if learning_rate else ""]
@@ -345,11 +327,11 @@ def make_model_card(
         parts.append(f"_Plot skipped: {plot_note}._\n")
     parts.append("### Scales by layer\n")
     parts.append(scales_table(result))
-    if trained and (training_hyperparameters or training_results or eval_results):
+    if eval_results:
+        parts.append("## Evaluation\n")
+        parts.append("\n".join(f"- {k}: {_fmt(v)}" for k, v in eval_results.items()) + "\n")
+    if trained and (training_hyperparameters or training_results):
         parts.append("## Training\n")
-        if eval_results:
-            parts.append("Final evaluation:\n")
-            parts.append("\n".join(f"- {k}: {_fmt(v)}" for k, v in eval_results.items()) + "\n")
         if training_hyperparameters:
             parts.append("Hyperparameters:\n")
             parts.append(
@@ -383,6 +365,37 @@ def _versions() -> dict[str, str]:
 # --------------------------------------------------------------------------------------
 # Initialized checkpoint (no training) and pushing
 # --------------------------------------------------------------------------------------
+
+
+class PushError(RuntimeError):
+    """The checkpoint was saved locally, but uploading it failed (network, token, Hub)."""
+
+
+def default_repo_id(output_dir: str | os.PathLike) -> str:
+    """The repository a checkpoint is pushed to without ``hub_model_id``: the folder's name."""
+    return Path(output_dir).resolve().name
+
+
+def check_push_target(repo_id: str) -> None:
+    """Raise ``ValueError`` before any work if a push to ``repo_id`` cannot succeed: an
+    invalid repo id, or the Hub switched off (``HF_HUB_OFFLINE``)."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        raise ValueError(f"{repo_id!r} is not a valid Hub repo id: {err}") from None
+    if constants.HF_HUB_OFFLINE:
+        raise ValueError(
+            "Pushing needs the network, but HF_HUB_OFFLINE is set: unset it, or save locally "
+            "without pushing and upload the folder later (`hf upload`)."
+        )
+
+
+def _one_line(err: BaseException) -> str:
+    return f"{type(err).__name__}: " + " ".join(str(err).split())
 
 
 def push_folder_to_hub(
@@ -434,15 +447,34 @@ def save_initialized_checkpoint(
     """Save a model whose GradInit scales are already applied, ready to start training from.
 
     ``model`` must already carry the scales (``apply_gradinit`` or ``result.apply(model)``);
-    this function does not apply them, so it can never scale twice. It writes the model
-    (with ``config.gradinit``), the tokenizer, ``gradinit_scales.json``, the plot and a model
-    card into ``output_dir``, and with ``push_to_hub`` uploads all of it to ``hub_model_id``
-    (default: the folder's name). Returns ``output_dir``.
+    this function does not apply them, so it can never scale twice. It refuses a model whose
+    ``config.gradinit`` describes other weights (a fresh model built from an initialized
+    config) or another GradInit run, since the checkpoint would claim an init its weights do
+    not have. It writes the model (with ``config.gradinit``), the tokenizer,
+    ``gradinit_scales.json``, the plot and a model card into ``output_dir``, and with
+    ``push_to_hub`` uploads all of it to ``hub_model_id`` (default: the folder's name).
+    Returns ``output_dir``.
     """
     if not hasattr(model, "save_pretrained"):
         raise TypeError(
             f"save_initialized_checkpoint needs a transformers PreTrainedModel, got "
             f"{type(model).__name__}; for other modules save result.to_dict() yourself."
+        )
+    repo_id = hub_model_id or default_repo_id(output_dir)
+    if push_to_hub:
+        check_push_target(repo_id)  # before anything is written
+    state = initialization_state(model)
+    if state == "stale":
+        raise GradInitError(
+            f"{stale_message()}: these weights are not the ones GradInit initialized, so "
+            "nothing was saved. Apply the scales to them first (`result.apply(model)`, or "
+            "`apply_gradinit`), then save."
+        )
+    if state != "absent" and not same_run(getattr(model.config, CONFIG_KEY), result):
+        raise GradInitError(
+            "The model was initialized by another GradInit run than `result` (its "
+            "model.config.gradinit has other settings or outcome), so nothing was saved. Pass "
+            "the result that was applied to this model."
         )
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -451,7 +483,6 @@ def save_initialized_checkpoint(
     if tokenizer is not None:
         tokenizer.save_pretrained(output_dir)
     has_plot = write_gradinit_files(output_dir, result, plot=plot)
-    repo_id = hub_model_id or output_dir.resolve().name
     card = make_model_card(
         result,
         model_name=model_name or repo_id.split("/")[-1],
@@ -471,9 +502,15 @@ def save_initialized_checkpoint(
     )
     card.save(str(output_dir / CARD_FILE))
     if push_to_hub:
-        commit = push_folder_to_hub(
-            output_dir, repo_id, token=hub_token, private=private, commit_message=commit_message
-        )
+        try:
+            commit = push_folder_to_hub(
+                output_dir, repo_id, token=hub_token, private=private, commit_message=commit_message
+            )
+        except Exception as err:  # any failure here leaves the saved checkpoint intact
+            raise PushError(
+                f"The checkpoint is saved in {output_dir}, but pushing it to {repo_id} failed "
+                f"({_one_line(err)}). Upload it later with `hf upload {repo_id} {output_dir}`."
+            ) from err
         logger.info(
             "Pushed the initialized checkpoint to %s", getattr(commit, "commit_url", repo_id)
         )

@@ -12,14 +12,17 @@ What the trainer adds, and where (the fewest overrides that do it):
   pipeline (``get_train_dataloader()``: its collator, sampler and device placement; random
   order instead of transformers' length grouping, see ``_gradinit_dataloader``). It is
   skipped when resuming from a checkpoint (whose weights are already initialized; its
-  ``gradinit_scales.json`` is read back instead) and for a model that was already
-  initialized (``config.gradinit`` set: a second ``train()`` call, or a checkpoint made by
-  ``hf-gradinit init``). With ``model_init`` every ``train()`` builds a fresh random model,
-  which is initialized again.
+  ``gradinit_scales.json`` is read back instead) and for a model that is already
+  initialized: its ``config.gradinit`` matches its weights (a second ``train()`` call, a
+  checkpoint made by ``hf-gradinit init`` or saved by this trainer). A stale record (a fresh
+  random model built from an initialized checkpoint's config) is dropped and GradInit runs;
+  see :mod:`hf_gradinit.record`. With ``model_init`` every ``train()`` builds a fresh random
+  model, which is initialized again.
 * a callback's ``on_train_begin`` logs the GradInit metrics: ``train()`` creates a new
   ``TrainerState`` after GradInit ran, so logging earlier would be lost.
 * ``_save``, ``_push_from_checkpoint`` and ``create_model_card``: the scales file, the plot,
-  ``config.gradinit`` and a GradInit model card go with every save and every push.
+  ``config.gradinit`` and a GradInit model card (README.md) go with every save and every
+  push.
 """
 
 from __future__ import annotations
@@ -40,9 +43,10 @@ from typing import Any, Literal
 import torch
 from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, Trainer, TrainerCallback
 
-from . import hub
+from . import hub, record
 from .config import GradInitConfig, GradInitError
-from .gradinit import GradInitResult, LossFn, apply_scales, compute_gradinit_scales
+from .data import label_safe_collator
+from .gradinit import GradInitResult, LossFn, compute_gradinit_scales
 
 logger = logging.getLogger(__name__)
 
@@ -338,6 +342,7 @@ class GradInitTrainingArguments(GradInitArguments, Seq2SeqTrainingArguments):
             )
         if self.gradinit:
             self.to_gradinit_config()  # validate now, with clear messages and warnings
+            check_gradinit_batch_size(self)
 
     def to_gradinit_config(
         self,
@@ -359,6 +364,40 @@ class GradInitTrainingArguments(GradInitArguments, Seq2SeqTrainingArguments):
             eps=self.adam_epsilon if eps is None else eps,
             warn=warn,
         )
+
+
+def check_gradinit_batch_size(args: Any) -> None:
+    """Raise ``ValueError`` when GradInit's batches would hold one example: each batch is split
+    into two sub-batches, so training would otherwise stop at GradInit's first iteration.
+
+    The GradInit batch is ``gradinit_batch_size``, else ``per_device_train_batch_size`` (not
+    the accumulated batch: accumulation is usually there because a bigger batch does not fit
+    in memory, and GradInit processes its batch at once).
+    """
+    own = getattr(args, "gradinit_batch_size", None)
+    batch = own or getattr(args, "per_device_train_batch_size", 8)
+    overlap = getattr(args, "gradinit_overlap", _CORE_FIELDS["overlap"].default)
+    if batch >= 2 or overlap >= 1:
+        return
+    accumulation = getattr(args, "gradient_accumulation_steps", 1)
+    suggestion = f" (e.g. {accumulation}, the accumulated batch, if it fits in memory)"
+    where = (
+        "--gradinit_batch_size"
+        if isinstance(args, GradInitArguments)
+        else "gradinit_batch_size (use GradInitTrainingArguments)"
+    )
+    raise ValueError(
+        "GradInit splits each batch into two overlapping sub-batches, so its batches need at "
+        f"least 2 examples (3 or more is better), but per_device_train_batch_size is {batch}"
+        + (
+            f" (gradient_accumulation_steps {accumulation} does not change that)"
+            if accumulation > 1
+            else ""
+        )
+        + f". Set {where}"
+        + (suggestion if accumulation > 1 else " to 3 or more")
+        + ", or turn GradInit off (--no_gradinit)."
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -468,9 +507,14 @@ class GradInitTrainer(Seq2SeqTrainer):
         if args is None:
             args = GradInitTrainingArguments(output_dir="tmp_trainer")
         super().__init__(model, args, *more, **kwargs)
+        # DataCollatorForSeq2Seq(model=fsmt) would score label padding; see hf_gradinit.data.
+        self.data_collator = label_safe_collator(self.data_collator)
+        if self.gradinit_enabled:
+            check_gradinit_batch_size(self.args)  # also for plain Seq2SeqTrainingArguments
         self.gradinit_result: GradInitResult | None = None
         self._gradinit_pending_logs: list[dict[str, float]] = []
         self._gradinit_models: weakref.WeakSet = weakref.WeakSet()
+        self._card_kwargs: dict[str, Any] = {}  # of the last create_model_card call
         self.add_callback(_GradInitLogCallback(self))
         if not isinstance(self.args, GradInitArguments):
             logger.warning(
@@ -534,25 +578,57 @@ class GradInitTrainer(Seq2SeqTrainer):
         biased sample. A subclass's own ``_get_train_sampler`` is used as it is. Training
         keeps its length grouping.
         """
-        saved_strategy, saved_batch = self.args.train_sampling_strategy, self._train_batch_size
+        saved = (
+            self.args.train_sampling_strategy,
+            self._train_batch_size,
+            self.args.dataloader_drop_last,
+        )
         if self._groups_by_length_as_transformers():
             self.args.train_sampling_strategy = "random"
         batch_size = getattr(self.args, "gradinit_batch_size", None)
         if batch_size is not None:
             self._train_batch_size = batch_size * max(1, self.args.n_gpu)
+        # Whole batches only: a short last batch (dataset size modulo the batch size) could
+        # not be split into S and S~. A dataset smaller than one batch per process gives
+        # batches of all it has.
+        size = self._gradinit_dataset_size()
+        if size is not None:
+            world = max(1, self.args.world_size)
+            self._train_batch_size = max(1, min(self._train_batch_size, size // world))
+            self.args.dataloader_drop_last = True
         try:
             return self.get_train_dataloader()
         finally:
-            self.args.train_sampling_strategy = saved_strategy
-            self._train_batch_size = saved_batch
+            (
+                self.args.train_sampling_strategy,
+                self._train_batch_size,
+                self.args.dataloader_drop_last,
+            ) = saved
+
+    def _gradinit_dataset_size(self) -> int | None:
+        """Examples in the training set, None for an iterable dataset (no length)."""
+        dataset = self.train_dataset
+        if isinstance(dataset, torch.utils.data.IterableDataset):
+            return None
+        try:
+            return len(dataset)
+        except TypeError:
+            return None
 
     def run_gradinit(self) -> GradInitResult:
         """Run GradInit on ``self.model`` now and apply the scales.
 
         ``train()`` calls this itself; call it directly to inspect the result before training
-        (``train()`` then sees the model is initialized and does not run it again).
+        (``train()`` then sees the model is initialized and does not run it again). A model
+        that is already initialized is refused before any work (scales would compound).
         """
         model = self.model
+        if self._already_initialized(model):
+            raise GradInitError(
+                "This model is already GradInit-initialized (a GradInit run of this trainer, "
+                "or a model.config.gradinit that matches its weights); running GradInit again "
+                "would compound the scales. Train it as it is."
+            )
         config = self.gradinit_config()
         loader = self._gradinit_dataloader()
         logger.info(
@@ -577,8 +653,7 @@ class GradInitTrainer(Seq2SeqTrainer):
             end = getattr(loader, "end", None)
             if callable(end):
                 end()
-        apply_scales(model, result.scales)
-        hub.record_in_config(model, result)
+        result.apply(model)  # also records it in model.config.gradinit
         self._gradinit_models.add(model)
         self.gradinit_result = result
         every = getattr(self.args, "gradinit_logging_steps", None)
@@ -596,18 +671,35 @@ class GradInitTrainer(Seq2SeqTrainer):
         return result
 
     def _already_initialized(self, model: Any) -> bool:
-        return model in self._gradinit_models or hub.is_initialized(model)
+        """Initialized by this trainer, or its ``config.gradinit`` matches its weights. A stale
+        record is dropped here (with a warning), so it is never trusted nor saved again."""
+        if model in self._gradinit_models:
+            return True
+        if record.drop_stale_record(model) in ("initialized", "unverified"):
+            self._gradinit_models.add(model)
+            return True
+        return False
 
-    def _restore_gradinit_record(self, folder: str | os.PathLike) -> None:
-        """Take the GradInit record of a checkpoint or of the folder the model came from."""
+    def _restore_gradinit_record(
+        self, folder: str | os.PathLike, *, must_match_config: bool = False
+    ) -> None:
+        """Take the GradInit record of a checkpoint or of the folder the model came from
+        (``must_match_config``: only if it is the run the model's ``config.gradinit`` names)."""
         path = os.path.join(str(folder), hub.SCALES_FILE)
         if not os.path.isfile(path):
             return
         try:
-            self.gradinit_result = hub.load_gradinit_result(path)
+            result = hub.load_gradinit_result(path)
         except ValueError as err:
             logger.warning("Ignoring %s: %s", path, err)
             return
+        entry = getattr(getattr(self.model, "config", None), hub.CONFIG_KEY, None)
+        if must_match_config and entry and not hub.same_run(entry, result):
+            logger.warning(
+                "Ignoring %s: it is not the GradInit run the model's config names.", path
+            )
+            return
+        self.gradinit_result = result
         hub.record_in_config(self.model, self.gradinit_result)
         self._gradinit_models.add(self.model)
 
@@ -623,12 +715,13 @@ class GradInitTrainer(Seq2SeqTrainer):
         if resume_from_checkpoint is not None:
             # The checkpoint's weights are already initialized (and trained); keep its record.
             self._restore_gradinit_record(resume_from_checkpoint)
-        elif self.gradinit_enabled and not self._already_initialized(self.model):
-            self.run_gradinit()
+        elif not self._already_initialized(self.model):
+            if self.gradinit_enabled:
+                self.run_gradinit()
         elif self.gradinit_enabled and self.gradinit_result is None:
             name = getattr(getattr(self.model, "config", None), "_name_or_path", "") or ""
             if name and os.path.isdir(name):
-                self._restore_gradinit_record(name)
+                self._restore_gradinit_record(name, must_match_config=True)
             logger.info("The model is already GradInit-initialized; not running GradInit again.")
         return super()._inner_training_loop(
             batch_size=batch_size,
@@ -653,18 +746,23 @@ class GradInitTrainer(Seq2SeqTrainer):
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         """Also writes gradinit_scales.json (and the plot) into every saved folder."""
         output_dir = output_dir if output_dir is not None else self.args.output_dir
+        # Before config.json is written: the record (and its fingerprint) must describe the
+        # weights saved now, which training has moved since GradInit.
         if self.gradinit_result is not None:
-            hub.record_in_config(self.model, self.gradinit_result)  # before config.json is written
+            hub.record_in_config(self.model, self.gradinit_result, state_dict)
+        elif self.model in self._gradinit_models:
+            record.refresh_fingerprint(self.model, state_dict)
         super()._save(output_dir, state_dict)
-        if self.args.should_save:
-            self._write_gradinit_files(output_dir)
+        if self.args.should_save and self.gradinit_result is not None:
+            # A card wherever a model is saved, not only on a push (with the metadata of
+            # the last create_model_card call).
+            self._write_model_card(output_dir, **self._card_kwargs)
 
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
         """Trainer copies only the standard model files from the checkpoint into output_dir
         before uploading it; put the GradInit files and card there too."""
         if self.gradinit_result is not None and self.is_world_process_zero():
-            self._write_gradinit_files(self.args.output_dir)
-            self.create_model_card()
+            self._write_model_card(self.args.output_dir, **self._card_kwargs)
         super()._push_from_checkpoint(checkpoint_folder)
 
     def create_model_card(
@@ -678,10 +776,13 @@ class GradInitTrainer(Seq2SeqTrainer):
         dataset_tags: str | list[str] | None = None,
         dataset: str | list[str] | None = None,
         dataset_args: str | list[str] | None = None,
+        results: Mapping[str, Any] | None = None,
     ) -> None:
         """Writes the GradInit model card to output_dir/README.md (Trainer's card when
         GradInit did not run): Hub metadata, settings, scales table and plot, training
-        hyperparameters and results."""
+        hyperparameters and results. ``results`` (e.g. BLEU scores) replaces the card's
+        evaluation list, which otherwise comes from the log history. Later saves write the
+        card again with these arguments."""
         if self.gradinit_result is None:
             super().create_model_card(
                 language=language,
@@ -695,8 +796,37 @@ class GradInitTrainer(Seq2SeqTrainer):
                 dataset_args=dataset_args,
             )
             return
-        if not self.is_world_process_zero():
-            return
+        self._card_kwargs = dict(
+            language=language,
+            license=license,
+            tags=tags,
+            model_name=model_name,
+            finetuned_from=finetuned_from,
+            tasks=tasks,
+            dataset_tags=dataset_tags,
+            dataset=dataset,
+            dataset_args=dataset_args,
+            results=results,
+        )
+        if self.is_world_process_zero():
+            self._write_model_card(self.args.output_dir, **self._card_kwargs)
+
+    def _write_model_card(
+        self,
+        folder: str,
+        *,
+        language: str | None = None,
+        license: str | None = None,
+        tags: str | list[str] | None = None,
+        model_name: str | None = None,
+        finetuned_from: str | None = None,
+        tasks: str | list[str] | None = None,
+        dataset_tags: str | list[str] | None = None,
+        dataset: str | list[str] | None = None,
+        dataset_args: str | list[str] | None = None,
+        results: Mapping[str, Any] | None = None,
+    ) -> None:
+        """The GradInit files and the GradInit model card (README.md) into ``folder``."""
         from transformers.modelcard import TrainingSummary
 
         summary = TrainingSummary.from_trainer(
@@ -715,7 +845,8 @@ class GradInitTrainer(Seq2SeqTrainer):
         if not base or os.path.isdir(base):  # built from a config, or a local folder
             base = None
         output_dir = self.args.output_dir
-        has_plot = self._write_gradinit_files(output_dir)
+        os.makedirs(folder, exist_ok=True)
+        has_plot = self._write_gradinit_files(folder)
         model = self.accelerator.unwrap_model(self.model)
         model_type = getattr(getattr(model, "config", None), "model_type", None)
         tags_out = [*hub._as_list(summary.tags), *hub._as_list(model_type)]
@@ -733,14 +864,13 @@ class GradInitTrainer(Seq2SeqTrainer):
             pipeline_tag=summary.tasks if isinstance(summary.tasks, str) else None,
             training_hyperparameters=summary.hyperparameters,
             training_results=summary.eval_lines,
-            eval_results=summary.eval_results,
+            eval_results=dict(results) if results is not None else summary.eval_results,
             plot_file=hub.PLOT_FILE if has_plot else None,
             data_description=_dataset_phrase(summary.dataset),
             optim=str(getattr(self.args.optim, "value", self.args.optim)),
             learning_rate=self.args.learning_rate,
         )
-        os.makedirs(output_dir, exist_ok=True)
-        card.save(os.path.join(output_dir, hub.CARD_FILE))
+        card.save(os.path.join(folder, hub.CARD_FILE))
 
 
 __all__ = [

@@ -14,6 +14,7 @@ import datasets
 import pytest
 import torch
 from conftest import load_script
+from huggingface_hub import ModelCard
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -106,6 +107,18 @@ def test_end_to_end_on_the_shipped_corpus(run, tmp_path):
     assert len(lines(out / "validation_predictions.txt")) == 6
     assert len(lines(out / "test_predictions.txt")) == 5
     assert (out / "gradinit_scales.json").is_file()
+
+    # The model card is written locally too, without --push_to_hub: scores and GradInit.
+    card = ModelCard.load(out / "README.md")
+    assert card.data.language == ["de", "en"] and "gradinit" in card.data.tags
+    assert f"- validation BLEU: {results['eval_bleu']:.4g}" in card.text
+    assert f"- test BLEU: {results['test_bleu']:.4g}" in card.text
+    assert results["test_bleu_signature"] in card.text
+    assert (
+        "## GradInit" in card.text
+        and "![GradInit scales and losses](gradinit_scales.png)" in card.text
+    )
+    assert (out / "gradinit_scales.png").is_file()
 
     model = AutoModelForSeq2SeqLM.from_pretrained(out)
     tokenizer = AutoTokenizer.from_pretrained(out)
@@ -248,6 +261,20 @@ def test_other_model_types_train_and_translate(run, tmp_path, model_type):
     assert generated.shape[0] == 1
 
 
+def test_a_short_last_batch_does_not_stop_gradinit(run, tmp_path):
+    """--max_train_samples 9 with batches of 8: 8 + 1, and a batch of 1 cannot be split."""
+    train = write_jsonl(tmp_path / "train.jsonl", translation_rows(fr_en_pairs(40)))
+    results = run.main(
+        [
+            *TINY,
+            *["--max_train_samples", "9", "--do_eval", "false", "--do_predict", "false"],
+            *["--train_file", str(train), "--source_lang", "fr", "--target_lang", "en"],
+            *["--output_dir", str(tmp_path / "out"), "--cache_dir", str(tmp_path / "cache")],
+        ]
+    )
+    assert results["train_samples"] == 9 and results["gradinit_iterations"] == 2
+
+
 # --------------------------------------------------------------------------------------
 # Clear errors
 # --------------------------------------------------------------------------------------
@@ -295,6 +322,30 @@ def test_missing_file_and_wrong_format(run, tmp_path):
     csv.write_text("fr,en\nbonjour,hello\n")
     with pytest.raises(ValueError, match="is not JSON lines"):
         run.main(_bad_data_args(tmp_path, csv))
+
+
+@pytest.mark.parametrize(
+    "target,tokenize,match",
+    [
+        ("ja", None, r"'ja-mecab'.*pip install \"sacrebleu\[ja\]\".*--bleu_tokenize"),
+        ("ko", None, r"'ko-mecab'.*pip install \"sacrebleu\[ko\]\".*--bleu_tokenize"),
+        ("en", "nope", r"--bleu_tokenize 'nope' is not a sacreBLEU tokenizer.*13a.*char"),
+    ],
+    ids=["ja", "ko", "unknown"],
+)
+def test_bleu_tokenizer_problems_are_one_line_errors_before_any_work(
+    run, tmp_path, monkeypatch, target, tokenize, match
+):
+    train = write_jsonl(tmp_path / "train.jsonl", translation_rows(fr_en_pairs(8), tgt=target))
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("work started before the BLEU tokenizer was checked")
+
+    monkeypatch.setattr(run, "load_raw_datasets", no_work)
+    extra = ["--bleu_tokenize", tokenize] if tokenize else []
+    with pytest.raises(run.UsageError, match=match) as info:
+        run.main(_bad_data_args(tmp_path, train, "--target_lang", target, *extra))
+    assert "\n" not in str(info.value)
 
 
 def test_unknown_model_type(run, tmp_path):

@@ -10,8 +10,9 @@ LibreOffice-help corpus shipped next to it):
 2. builds a randomly initialized Marian (or BART / FSMT) model from a config,
 3. runs GradInit and trains with :class:`hf_gradinit.GradInitTrainer` (no warmup),
 4. translates the validation and test sets and scores them with sacreBLEU,
-5. writes the model, the tokenizer, the predictions and ``all_results.json`` to
-   ``--output_dir`` (and pushes them with ``--push_to_hub``).
+5. writes the model, the tokenizer, the predictions, ``all_results.json`` and a model card
+   (README.md: BLEU, GradInit summary and plot) to ``--output_dir`` (and pushes them with
+   ``--push_to_hub``).
 
     python examples/translation/run.py                      # CPU-sized defaults, < 10 min
     accelerate launch examples/translation/run.py --output_dir runs/deen
@@ -34,6 +35,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import json  # noqa: E402
 import logging  # noqa: E402
+import re  # noqa: E402
 import sys  # noqa: E402
 import warnings  # noqa: E402
 from dataclasses import dataclass, field
@@ -735,6 +737,40 @@ class Seq2SeqCollator:
 # ======================================================================================
 
 
+def make_bleu(target_lang: str, tokenize: str | None = None) -> BLEU:
+    """sacreBLEU for ``target_lang``, or a one-line :class:`UsageError` when its tokenizer
+    cannot run here (ja/ko need an extra, flores/spm need sentencepiece) or does not exist.
+
+    main() calls this before any work, so a missing extra does not cost a training run.
+    """
+    from sacrebleu.metrics import bleu as bleu_module
+
+    names = sorted(getattr(bleu_module, "_TOKENIZERS", {})) or ["13a", "char", "intl", "none"]
+    default = getattr(BLEU, "_TOKENIZER_MAP", {}).get(target_lang, BLEU.TOKENIZER_DEFAULT)
+    name = tokenize or default
+    try:
+        return BLEU(tokenize=tokenize, trg_lang=target_lang)
+    except KeyError:
+        raise UsageError(
+            f"--bleu_tokenize {tokenize!r} is not a sacreBLEU tokenizer; choose one of "
+            f"{', '.join(names)}."
+        ) from None
+    except (ImportError, RuntimeError, OSError) as err:
+        text = " ".join(str(err).split())
+        extra = re.search(r"pip install (\S+)", text)
+        fix = (
+            f'install what it needs (`pip install "{extra.group(1)}"`)'
+            if extra
+            else f"fix that ({text})"
+        )
+        which = "" if tokenize else f" (sacreBLEU's choice for target language {target_lang!r})"
+        raise UsageError(
+            f"sacreBLEU's {name!r} tokenizer{which} cannot run here: "
+            f"{type(err).__name__}. Either {fix}, or choose another with --bleu_tokenize "
+            "(e.g. char, or 13a; the score's signature names it)."
+        ) from None
+
+
 class BleuMetric:
     """sacreBLEU on detokenized text, as ``compute_metrics`` for the trainer.
 
@@ -746,7 +782,7 @@ class BleuMetric:
 
     def __init__(self, tokenizer, target_lang: str, tokenize: str | None = None):
         self.tokenizer = tokenizer
-        self.bleu = BLEU(tokenize=tokenize, trg_lang=target_lang)
+        self.bleu = make_bleu(target_lang, tokenize)
         self.references: list[str] | None = None
 
     @property
@@ -896,6 +932,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         (output_dir / "all_results.json").unlink(missing_ok=True)  # no stale results
     set_seed(training_args.seed)
     src, tgt = data_args.source_lang, data_args.target_lang
+    bleu = BleuMetric(None, tgt, data_args.bleu_tokenize)  # before any work: needs an extra?
 
     # ---- data and tokenizer -------------------------------------------------------------
     with training_args.main_process_first(desc="loading the data"):
@@ -964,7 +1001,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         n_params / 1e6,
     )
 
-    bleu = BleuMetric(tokenizer, tgt, data_args.bleu_tokenize)
+    bleu.tokenizer = tokenizer
     if "validation" in eval_splits:
         bleu.references = eval_splits["validation"].sorted_references()
     use_fp = training_args.fp16 or training_args.bf16
@@ -1049,11 +1086,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         trainer.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
         results.update(metrics)
 
+    card = dict(  # the model card: written locally, and pushed with --push_to_hub
+        language=[src, tgt],
+        tags=["translation", "post-ln", *(["gradinit"] if training_args.gradinit else [])],
+        tasks="translation",
+        dataset=data_args.dataset_name or _data_description(data_args),
+        dataset_tags=data_args.dataset_name,
+        results=card_results(results),
+    )
     if training_args.should_save:
         trainer.save_state()
         (output_dir / "all_results.json").write_text(
             json.dumps(results, indent=4, sort_keys=True) + "\n", encoding="utf-8"
         )
+        trainer.create_model_card(**card)  # README.md: BLEU, GradInit summary and plot
     if "eval_bleu" in results or "test_bleu" in results:
         logger.info(
             "BLEU: validation %s, test %s  (%s)",
@@ -1061,16 +1107,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             results.get("test_bleu", "-"),
             bleu.signature,
         )
-    logger.info("Model, tokenizer, predictions and all_results.json are in %s", output_dir)
+    logger.info(
+        "Model, tokenizer, predictions, model card and all_results.json are in %s", output_dir
+    )
 
     if training_args.push_to_hub:
-        trainer.push_to_hub(
-            language=[src, tgt],
-            tags=["translation", "gradinit", "post-ln"],
-            tasks="translation",
-            dataset=data_args.dataset_name or _data_description(data_args),
-            dataset_tags=data_args.dataset_name,
-        )
+        trainer.push_to_hub(**card)
     return results
 
 
@@ -1083,6 +1125,23 @@ def save_locally(trainer: TranslationTrainer) -> None:
     the uploads).
     """
     trainer.save_model(_internal_call=True)
+
+
+def card_results(results: dict[str, Any]) -> dict[str, Any] | None:
+    """The scores the model card lists: BLEU on each split, its signature, the sizes."""
+    names = {
+        "eval_bleu": "validation BLEU",
+        "test_bleu": "test BLEU",
+        "test_bleu_signature": "BLEU signature",
+        "eval_samples": "validation sentences",
+        "test_samples": "test sentences",
+        "eval_loss": "validation loss",
+        "test_loss": "test loss",
+    }
+    out = {label: results[key] for key, label in names.items() if key in results}
+    if "BLEU signature" not in out and "eval_bleu_signature" in results:
+        out["BLEU signature"] = results["eval_bleu_signature"]
+    return out or None
 
 
 def _data_description(data_args: DataTrainingArguments) -> str:

@@ -1,0 +1,221 @@
+"""``config.gradinit``: the record that a model's weights came from GradInit, checked
+against the weights.
+
+The config entry alone cannot say whether the weights are initialized: a fresh random model
+built from an initialized checkpoint's config (``from_config``, ``--config_name``) keeps it.
+So the entry carries a fingerprint of the weights it describes (a few values of the tensors
+GradInit rescaled the most), written whenever the record is written: when the scales are
+applied and at every save of a model that carries it (a trained checkpoint describes its
+trained weights). The rule, the same in every entry point:
+
+* ``initialized``: the entry's fingerprint matches the weights (also after a bf16/fp16
+  reload: the tolerance is 1%). GradInit does not run again; applying scales raises.
+* ``stale``: an entry whose fingerprint does not match: the weights are not the ones it
+  describes (a fresh model from an initialized config, or weights changed by code that did
+  not update the record). Treated as not initialized; the trainer drops the entry.
+* ``unverified``: an entry without a fingerprint (written before fingerprints existed) or
+  weights that cannot be read here (meta, sharded, renamed): trusted, as before.
+* ``absent``: no entry.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+
+from .config import GradInitError
+
+if TYPE_CHECKING:  # gradinit.py imports this module
+    from .gradinit import GradInitResult
+
+logger = logging.getLogger(__name__)
+
+CONFIG_KEY = "gradinit"  # model.config.gradinit
+SCALES_FILE = "gradinit_scales.json"
+FINGERPRINT_TENSORS = 4  # tensors sampled
+FINGERPRINT_VALUES = 16  # values per tensor, evenly spaced over the flattened tensor
+FINGERPRINT_RTOL = 1e-2  # relative distance allowed (bf16 rounding is 0.4%)
+
+State = Literal["initialized", "stale", "unverified", "absent"]
+
+
+def _tensors(model: Any, tensors: Mapping[str, torch.Tensor] | None = None) -> dict[str, Any]:
+    if tensors is not None:
+        return dict(tensors)
+    named = getattr(model, "named_parameters", None)
+    return dict(named(remove_duplicate=False)) if callable(named) else {}
+
+
+def _find(tensors: Mapping[str, torch.Tensor], name: str) -> torch.Tensor | None:
+    """``name``, or the one tensor whose name differs only by a leading prefix (a base model
+    loaded from a checkpoint of its head model, a state dict with 'module.')."""
+    if name in tensors:
+        return tensors[name]
+    found = [t for n, t in tensors.items() if n.endswith("." + name) or name.endswith("." + n)]
+    return found[0] if len(found) == 1 else None
+
+
+def _sample(t: torch.Tensor) -> list[float] | None:
+    """FINGERPRINT_VALUES values of ``t`` at fixed positions; None if it cannot be read."""
+    try:
+        if t.is_meta or t.numel() == 0 or type(t).__name__ == "DTensor":
+            return None
+        flat = t.detach().reshape(-1)
+        index = torch.linspace(0, flat.numel() - 1, FINGERPRINT_VALUES).round().long()
+        values = flat[index.to(flat.device)].float().cpu().tolist()
+    except (RuntimeError, ValueError, NotImplementedError):
+        return None
+    return [float(f"{v:.6g}") for v in values]
+
+
+def fingerprint(
+    tensors: Mapping[str, torch.Tensor], names: Sequence[str]
+) -> dict[str, dict[str, Any]] | None:
+    """{name: {"numel", "values"}} of the named tensors; None if one cannot be read."""
+    out = {}
+    for name in names:
+        t = _find(tensors, name)
+        values = None if t is None else _sample(t)
+        if values is None:
+            return None
+        out[name] = {"numel": int(t.numel()), "values": values}
+    return out or None
+
+
+def _fingerprint_names(result: GradInitResult, tensors: Mapping[str, torch.Tensor]) -> list[str]:
+    """The tensors GradInit rescaled the most: a fresh model made with the same seed as the
+    initialized one differs from it most there."""
+    scaled = [n for n in result.scales if _find(tensors, n) is not None]
+    scaled.sort(key=lambda n: -abs(math.log(max(result.scales[n], 1e-12))))
+    if not scaled:
+        scaled = [n for n, t in tensors.items() if t.numel() > 0]
+    return scaled[:FINGERPRINT_TENSORS]
+
+
+def gradinit_config_entry(result: GradInitResult) -> dict[str, Any]:
+    """The summary stored as ``model.config.gradinit``: settings and outcome, no scales.
+
+    The scales themselves live in ``gradinit_scales.json``; the config only has to say that
+    (and how) the weights were initialized, and stay small. ``record_in_config`` adds the
+    fingerprint of the weights.
+    """
+    from . import __version__
+
+    return {
+        "hf_gradinit_version": __version__,
+        "scales_file": SCALES_FILE,
+        "settings": result.config.to_dict(),
+        "summary": result.summary(),
+    }
+
+
+def record_in_config(
+    model: Any, result: GradInitResult, tensors: Mapping[str, torch.Tensor] | None = None
+) -> None:
+    """Set ``model.config.gradinit`` for weights that carry ``result``'s scales, with the
+    fingerprint of those weights (``tensors``: a state dict to read instead of the model's
+    parameters). Round-trips through ``save_pretrained``/``from_pretrained``."""
+    config = getattr(model, "config", None)
+    if config is None:
+        return
+    entry = gradinit_config_entry(result)
+    weights = _tensors(model, tensors)
+    entry["fingerprint"] = fingerprint(weights, _fingerprint_names(result, weights))
+    setattr(config, CONFIG_KEY, entry)
+
+
+def refresh_fingerprint(model: Any, tensors: Mapping[str, torch.Tensor] | None = None) -> None:
+    """Re-take the fingerprint of the same tensors from the current weights (a model that
+    was initialized and has trained since: the record must describe what is saved)."""
+    entry = getattr(getattr(model, "config", None), CONFIG_KEY, None)
+    old = entry.get("fingerprint") if isinstance(entry, dict) else None
+    if not old:
+        return
+    new = fingerprint(_tensors(model, tensors), list(old))
+    if new is not None:
+        entry["fingerprint"] = new
+
+
+def initialization_state(model: Any) -> State:
+    """Whether ``model``'s weights are the GradInit-initialized ones its config describes
+    (see the module docstring for the rule)."""
+    entry = getattr(getattr(model, "config", None), CONFIG_KEY, None)
+    if not entry:
+        return "absent"
+    recorded = entry.get("fingerprint") if isinstance(entry, dict) else None
+    if not recorded:
+        return "unverified"
+    tensors = _tensors(model)
+    for name, saved in recorded.items():
+        t = _find(tensors, name)
+        values = None if t is None else _sample(t)
+        if values is None:
+            return "unverified"
+        if t.numel() != saved.get("numel"):
+            return "stale"
+        now = torch.tensor(values, dtype=torch.float64)
+        then = torch.tensor(saved.get("values", []), dtype=torch.float64)
+        if now.shape != then.shape:
+            return "unverified"
+        if float((now - then).norm()) > FINGERPRINT_RTOL * float(then.norm()):
+            return "stale"
+    return "initialized"
+
+
+def is_initialized(model: Any) -> bool:
+    """Whether ``model``'s weights came from GradInit: ``config.gradinit`` is set and its
+    fingerprint matches the weights (an entry without a fingerprint is trusted)."""
+    return initialization_state(model) in ("initialized", "unverified")
+
+
+_STALE = (
+    "model.config.gradinit describes other weights than this model's: it was built from an "
+    "initialized model's config (fresh random weights), or its weights were changed after "
+    "GradInit by code that did not update the record"
+)
+
+
+def drop_stale_record(model: Any) -> State:
+    """Remove a stale ``config.gradinit`` (with a warning), so it is neither trusted nor
+    saved again; returns the state found."""
+    state = initialization_state(model)
+    if state == "stale":
+        logger.warning("%s. Treating the model as not initialized.", _STALE)
+        delattr(model.config, CONFIG_KEY)
+    return state
+
+
+def check_not_initialized(model: Any, *, warn_stale: bool = False) -> None:
+    """Raise a :class:`GradInitError` before scales are applied to a model whose weights are
+    already GradInit-initialized (scaling twice would compound the scales); ``warn_stale``:
+    say so when a stale record is about to be replaced."""
+    state = initialization_state(model)
+    if state == "stale" and warn_stale:
+        logger.warning("%s. It will be replaced by this run's record.", _STALE)
+    if state in ("initialized", "unverified"):
+        raise GradInitError(
+            "This model is already GradInit-initialized (model.config.gradinit matches its "
+            "weights); applying scales again would compound them. Train it as it is. To run "
+            "GradInit on these weights anyway, delete the record first: "
+            "`del model.config.gradinit`."
+        )
+
+
+def same_run(entry: Mapping[str, Any], result: GradInitResult) -> bool:
+    """Whether a ``config.gradinit`` entry was written for ``result`` (settings and summary)."""
+
+    def plain(value: Any) -> Any:
+        return json.loads(json.dumps(value))
+
+    return plain(entry.get("settings")) == plain(result.config.to_dict()) and plain(
+        entry.get("summary")
+    ) == plain(result.summary())
+
+
+def stale_message() -> str:
+    return _STALE
