@@ -500,51 +500,71 @@ class ScaledModel:
         (grad,) = torch.autograd.grad(surrogate, alpha)
         return grad
 
+    def w_dot(self, grads: list[torch.Tensor]) -> torch.Tensor:
+        """<w0_i, grads_i> per scale: d(loss)/d alpha_i when ``grads`` = dL/dtheta."""
+        out = torch.zeros(len(self.names), dtype=self.dtype, device=self.device)
+        for k, n in enumerate(self.trainable):
+            i = self.index.get(n)
+            if i is not None:
+                out[i] = (grads[k].detach() * self.w0[n]).sum()
+        return out
+
     def norm_grad_fd(
         self,
         alpha: torch.Tensor,
-        grads: list[torch.Tensor],
         direction: list[torch.Tensor],
         batch: Mapping[str, Any],
+        base: torch.Tensor | None = None,
         central: bool = False,
     ) -> torch.Tensor:
         """The same as :meth:`norm_grad` from gradients only: no graph through g.
 
         With theta_i = alpha_i * w0_i, d<g, d>/d alpha_i = <w0_i, (H d)_i>, H the Hessian of
         the loss w.r.t. theta (symmetric). H d is a finite difference of gradients along d:
-        forward (g(theta + r d) - g(theta)) / r, reusing ``grads`` = g(theta) on ``batch``,
-        or central (g(theta + r d) - g(theta - r d)) / 2r. The step moves theta by a fraction
-        h of its own norm, ||r d|| = h ||theta||, with h = sqrt(eps) (forward) or eps^(1/3)
-        (central) of the compute dtype: the usual balance of truncation against rounding
-        error (Nocedal & Wright, Numerical Optimization, sec. 8.1).
+        forward (g(theta + r d) - g(theta)) / r, with ``base`` = ``w_dot(g(theta))`` on
+        ``batch`` (so g itself can be freed first), or central (g(theta + r d) -
+        g(theta - r d)) / 2r. The step moves theta by a fraction h = sqrt(eps) of the
+        compute dtype of its own norm, ||r d|| = h ||theta||: the usual balance of
+        truncation against rounding error for differences of gradients (Nocedal & Wright,
+        Numerical Optimization, sec. 8.1). A larger step (eps^(1/3) for central
+        differences) was less accurate on relu models, whose kinks it crosses.
         """
-        theta = self.theta(alpha.detach())
+        alpha = alpha.detach()
         d_norm = math.sqrt(sum(float((d * d).sum()) for d in direction))
-        t_norm = math.sqrt(sum(float((t * t).sum()) for t in theta.values()))
         if d_norm == 0:
             return torch.zeros_like(alpha)
+        t_norm = math.sqrt(
+            sum(
+                float((self.w0[n] * self.w0[n]).sum())
+                * (1.0 if n not in self.index else float(alpha[self.index[n]]) ** 2)
+                for n in self.trainable
+            )
+        )
         h = torch.finfo(self.dtype).eps ** 0.5
         r = h * max(t_norm, 1e-3) / d_norm
 
-        def gradient_at(sign: float) -> list[torch.Tensor]:
-            leaves = {
-                n: (t + sign * r * d).detach().requires_grad_(True)
-                for (n, t), d in zip(theta.items(), direction)
-            }
-            return self._loss_and_grad(leaves, batch)[1]
+        def w_dot_gradient_at(sign: float) -> torch.Tensor:
+            """<w0_i, g(theta + sign * r * d)_i> per scale; nothing of size N is kept."""
+            leaves = {}
+            for n, d in zip(self.trainable, direction):
+                i = self.index.get(n)
+                t = self.w0[n] if i is None else alpha[i] * self.w0[n]
+                leaves[n] = (t + sign * r * d).detach().requires_grad_(True)
+            grads = self._loss_and_grad(leaves, batch)[1]
+            del leaves
+            out = torch.zeros_like(alpha)
+            for k, n in enumerate(self.trainable):
+                i = self.index.get(n)
+                if i is not None:
+                    out[i] = (grads[k] * self.w0[n]).sum()
+                grads[k] = None
+            return out
 
-        plus = gradient_at(1.0)
         if central:
-            minus = gradient_at(-1.0)
-            hd = [(p - m) / (2 * r) for p, m in zip(plus, minus)]
-        else:
-            hd = [(p - g.detach()) / r for p, g in zip(plus, grads)]
-        out = torch.zeros_like(alpha)
-        for k, n in enumerate(self.trainable):
-            i = self.index.get(n)
-            if i is not None:
-                out[i] = (hd[k] * self.w0[n]).sum()
-        return out
+            return (w_dot_gradient_at(1.0) - w_dot_gradient_at(-1.0)) / (2 * r)
+        if base is None:
+            raise ValueError("The forward difference needs base = w_dot(g(theta)).")
+        return (w_dot_gradient_at(1.0) - base) / r
 
 
 class ScaleAdam:
@@ -654,7 +674,8 @@ def compute_gradinit_scales(
                     loss_s, grads = _first_gradient(problem, alpha, batch_s, graph_next, loss_fn)
                 else:
                     loss_s, grads = problem.gradient(alpha, batch_s, create_graph=graph_next)
-                g_mean = [g.detach().clone() for g in grads]
+                # The process mean of g (g itself on one process: no copy).
+                g_mean = [g.detach() if reducer.world == 1 else g.detach().clone() for g in grads]
                 stats = loss_s.detach().reshape(1).clone()
                 reducer.mean_([*g_mean, stats])
                 loss_value = stats.item()
@@ -682,10 +703,13 @@ def compute_gradinit_scales(
                         if not graph_next:  # guessed wrong: redo S with the graph through g
                             loss_s, grads = problem.gradient(alpha, batch_s, create_graph=True)
                         grad = problem.norm_grad(alpha, grads, direction)
+                        del grads, loss_s
                     else:
+                        # <w0, g> on this process, then g can go before the extra pass.
+                        base = problem.w_dot(grads)
+                        del grads, g_mean, loss_s
                         central = config.hvp == "central_difference"
-                        grad = problem.norm_grad_fd(alpha, grads, direction, batch_s, central)
-                    del grads, loss_s
+                        grad = problem.norm_grad_fd(alpha, direction, batch_s, base, central)
                     reducer.mean_([grad])
                     optimizer.step(grad, "constraint")
                 else:
