@@ -118,7 +118,8 @@ def test_arguments_follow_optim_and_learning_rate(tmp_path):
     # Every GradInitConfig setting has a gradinit_* argument that reaches the config.
     core = {f.name for f in dataclasses.fields(GradInitConfig)}
     mine = {f.name for f in dataclasses.fields(GradInitArguments)}
-    derived = {"eta", "inner_optimizer", "seed"}  # from learning_rate / optim / seed
+    # from learning_rate / optim / seed (the trial guard's: learning_rate / adam betas)
+    derived = {"eta", "inner_optimizer", "seed", "trial_lr", "trial_betas"}
     assert {f"gradinit_{n}" for n in core - derived} <= mine
     custom = GradInitTrainingArguments(
         output_dir=str(tmp_path), gradinit_min_scale=0.2, gradinit_scale_betas=[0.5, 0.6]
