@@ -153,6 +153,45 @@ class GradInitConfig:
     max_skipped: int = field(
         default=10, metadata={"help": "Consecutive non-finite batches tolerated with 'skip'."}
     )
+    # ---- tied input/output embeddings and the trial guard (issue #13) ----------------
+    tied_embeddings: Literal["shared", "per_use", "fixed"] = field(
+        default="shared",
+        metadata={
+            "help": "A tensor that is the output projection and the input embedding of "
+            "several modules (HF Marian/BART, tied T5: find_tied_input_output). 'shared': one "
+            "scale, as any tied tensor. 'per_use': each use its own scale during GradInit, "
+            "then the tensor keeps the output projection's. 'fixed': no scale (1); the "
+            "other scales are learned around it."
+        },
+    )
+    fixed_embeddings: bool = field(
+        default=True,
+        metadata={
+            "help": "Give no scale (1) to any nn.Embedding weight: token embeddings, tied or "
+            "not, and learned position tables; the other scales are learned around them. "
+            "Scaling them stalled HF Marian on a toy task (one matrix for the encoder input, "
+            "the decoder input and the output: the output wanted ~0.4, the encoder input ~3) "
+            "and BART (its encoder positions shrank to ~0.03: the one-step objective does "
+            "not see that order matters later); see benchmarks/results/toy_study.md."
+        },
+    )
+    trial_steps: int = field(
+        default=0,
+        metadata={
+            "help": "Guard: after learning the scales, train this many steps of the real "
+            "optimizer (trial_lr, trial_betas) from the scaled and from the original init on "
+            "the same batches, without touching the model, and keep the scales only if the "
+            "mean loss of the last half is not worse; else try the scales to the power 0.5, "
+            "else keep the original init and warn. 0: off."
+        },
+    )
+    trial_lr: float | None = field(
+        default=None,
+        metadata={"help": "Learning rate of the trial (default: eta / 2, the reference's ratio)."},
+    )
+    trial_betas: tuple[float, float] = field(
+        default=(0.9, 0.999), metadata={"help": "Adam betas of the trial (the training run's)."}
+    )
 
     def __post_init__(self) -> None:
         self.scale_betas = tuple(self.scale_betas)  # JSON/YAML give lists
@@ -206,6 +245,17 @@ class GradInitConfig:
             problems.append(f"overlap must be in [0, 1], got {self.overlap!r}")
         if self.on_nonfinite not in ("raise", "skip"):
             problems.append(f"on_nonfinite must be 'raise' or 'skip', got {self.on_nonfinite!r}")
+        if self.tied_embeddings not in ("shared", "per_use", "fixed"):
+            problems.append(
+                f"tied_embeddings must be 'shared', 'per_use' or 'fixed', got {self.tied_embeddings!r}"
+            )
+        if not isinstance(self.trial_steps, int) or self.trial_steps < 0:
+            problems.append(f"trial_steps must be an integer >= 0, got {self.trial_steps!r}")
+        if self.trial_lr is not None and not (math.isfinite(self.trial_lr) and self.trial_lr > 0):
+            problems.append(f"trial_lr must be positive or None, got {self.trial_lr!r}")
+        self.trial_betas = tuple(self.trial_betas)
+        if len(self.trial_betas) != 2 or not all(0 <= b < 1 for b in self.trial_betas):
+            problems.append(f"trial_betas must be two numbers in [0, 1), got {self.trial_betas!r}")
         if not isinstance(self.max_skipped, int) or self.max_skipped < 0:
             problems.append(f"max_skipped must be an integer >= 0, got {self.max_skipped!r}")
         if problems:
@@ -224,7 +274,8 @@ class GradInitConfig:
           at init (~25,000) starts far above it;
         * S and S~ = the first and last two thirds of each batch (``overlap`` 0.5);
         * the fairseq code's scale optimizer: the bound's steps have their own Adam state
-          (``constraint_moments="separate"``).
+          (``constraint_moments="separate"``);
+        * every tensor scaled, embedding tables too (``fixed_embeddings=False``).
 
         The loss is the one training computes (the reference's is label-smoothed 0.1): pass
         it with ``loss_fn`` (``GradInitTrainer`` uses the trainer's own loss). ``overrides``
@@ -245,6 +296,8 @@ class GradInitConfig:
             overlap=0.5,
             constraint_moments="separate",
             lookahead_steps=1,
+            fixed_embeddings=False,
+            tied_embeddings="shared",
         )
         values.update(overrides)
         return cls(**values)
@@ -258,6 +311,7 @@ class GradInitConfig:
         d = dataclasses.asdict(self)
         d["scale_betas"] = list(self.scale_betas)
         d["inner_betas"] = list(self.inner_betas)
+        d["trial_betas"] = list(self.trial_betas)
         return d
 
     @classmethod

@@ -25,6 +25,7 @@ import inspect
 import math
 import re
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -89,6 +90,43 @@ def find_scaled_tensors(model: nn.Module) -> list[ScaledTensor]:
     return found
 
 
+# ---- tied input/output embeddings (issue #13) -----------------------------------------
+
+
+def find_tied_input_output(model: nn.Module) -> list[list[str]]:
+    """Tensors that are the output projection AND the input embedding of several modules.
+
+    Read off the model's structure, no name lists: a parameter with several names, one of
+    them the weight of ``model.get_output_embeddings()`` (else of an ``nn.Linear``) and at
+    least two the weights of ``nn.Embedding`` modules. That is one matrix for the encoder
+    input, the decoder input and the output projection: the HF defaults of Marian and BART,
+    T5 with tied weights. A tensor tied only between one stack's input and the output (the
+    reference's fairseq layout: the decoder's input and output embeddings; GPT-2) is not
+    listed. Each entry holds all names of one tensor, the ``named_parameters()`` name first.
+    """
+    get_out = getattr(model, "get_output_embeddings", None)
+    try:
+        out = get_out() if callable(get_out) else None
+    except Exception:  # noqa: BLE001 - models without output embeddings may raise
+        out = None
+    names: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), []).append(name)
+    found = []
+    for group in names.values():
+        if len(group) < 2:
+            continue
+        owners = [model.get_submodule(n.rpartition(".")[0]) for n in group]
+        inputs = sum(isinstance(m, nn.Embedding) for m in owners)
+        if out is not None:
+            outputs = sum(m is out for m in owners)
+        else:
+            outputs = sum(isinstance(m, nn.Linear) for m in owners)
+        if inputs >= 2 and outputs >= 1:
+            found.append(group)
+    return found
+
+
 # --------------------------------------------------------------------------------------
 # Result
 # --------------------------------------------------------------------------------------
@@ -106,6 +144,8 @@ class GradInitResult:
     gamma_value: float | None = None  # the bound in norm units, once resolved
     runtime_s: float = 0.0
     num_processes: int = 1
+    tied: dict[str, dict[str, Any]] = field(default_factory=dict)  # tied input/output tensors
+    trial: dict[str, Any] | None = None  # the guard's trial losses and choice
 
     @property
     def initial_grad_norm(self) -> float | None:
@@ -142,6 +182,8 @@ class GradInitResult:
             "gamma_value": self.gamma_value,
             "runtime_s": self.runtime_s,
             "num_processes": self.num_processes,
+            "tied": self.tied,
+            "trial": self.trial,
         }
 
     @classmethod
@@ -155,6 +197,8 @@ class GradInitResult:
             gamma_value=d.get("gamma_value"),
             runtime_s=float(d.get("runtime_s", 0.0)),
             num_processes=int(d.get("num_processes", 1)),
+            tied=dict(d.get("tied") or {}),
+            trial=d.get("trial"),
         )
 
     def apply(self, model: nn.Module) -> None:
@@ -404,10 +448,38 @@ class ScaledModel:
     they can be checked on their own (tests compare them with finite differences).
     """
 
-    def __init__(self, model: nn.Module, device: torch.device, loss_fn: LossFn | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        device: torch.device,
+        loss_fn: LossFn | None = None,
+        tied_embeddings: str = "shared",
+        fixed_embeddings: bool = False,
+    ):
         self.model = model
         self.loss_fn = loss_fn or _default_loss
         self.scaled = find_scaled_tensors(model)
+        # Tied input/output embeddings (see GradInitConfig.tied_embeddings): "fixed" leaves
+        # them out (scale 1); "per_use" gives each name its own copy and scale.
+        self.tied = {g[0]: g for g in find_tied_input_output(model)}
+        self.uses: dict[str, str] = {}  # per_use: alias name -> the tensor's own name
+        if fixed_embeddings:
+            tables = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+            named = dict(model.named_parameters())
+            self.scaled = [s for s in self.scaled if id(named[s.name]) not in tables]
+        if tied_embeddings == "fixed":
+            self.scaled = [s for s in self.scaled if s.name not in self.tied]
+        elif tied_embeddings == "per_use":
+            scaled = []
+            for s in self.scaled:
+                if s.name not in self.tied:
+                    scaled.append(s)
+                    continue
+                for n in (s.name, *s.aliases):
+                    scaled.append(ScaledTensor(n, s.kind, (), s.numel))
+                    if n != s.name:
+                        self.uses[n] = s.name
+            self.scaled = scaled
         self.names = [s.name for s in self.scaled]
         self.index = {n: i for i, n in enumerate(self.names)}
         named = dict(model.named_parameters())
@@ -439,11 +511,18 @@ class ScaledModel:
             if steps is not None:
                 t = t - eta * steps[k]
             theta[n] = t
+        for a, n in self.uses.items():  # per_use: one copy per name, stepped as the tensor
+            t = alpha[self.index[a]] * self.w0[n]
+            if steps is not None:
+                t = t - eta * steps[self.trainable.index(n)]
+            theta[a] = t
         return theta
 
     def loss(self, theta: Mapping[str, torch.Tensor], batch: Mapping[str, Any]) -> torch.Tensor:
         tensors = {**self.w0, **self.buffers, **theta}
-        outputs = functional_call(self.model, tensors, args=(), kwargs=dict(batch))
+        outputs = functional_call(
+            self.model, tensors, args=(), kwargs=dict(batch), tie_weights=not self.uses
+        )
         return self.loss_fn(outputs, batch).to(self.dtype)
 
     def gradient(
@@ -477,6 +556,11 @@ class ScaledModel:
                 loss, list(leaves.values()), create_graph=create_graph, allow_unused=True
             )
         grads = [torch.zeros_like(t) if g is None else g for t, g in zip(leaves.values(), grads)]
+        if self.uses:  # the tensor's gradient is the sum over its uses, as in training
+            by_name = dict(zip(leaves, grads))
+            for a, n in self.uses.items():
+                by_name[n] = by_name[n] + by_name.pop(a)
+            grads = [by_name[n] for n in self.trainable]
         return loss, grads
 
     def objective_grad(self, alpha, steps, eta: float, batch: Mapping[str, Any]):
@@ -633,7 +717,7 @@ def compute_gradinit_scales(
     reducer = _Reducer(accelerator)
     start = time.perf_counter()
 
-    problem = ScaledModel(model, device, loss_fn)
+    problem = ScaledModel(model, device, loss_fn, config.tied_embeddings, config.fixed_embeddings)
     scaled = problem.scaled
     dtype = problem.dtype
     alpha = problem.ones().requires_grad_(True)
@@ -752,16 +836,24 @@ def compute_gradinit_scales(
     finally:
         progress.close()
 
-    values = alpha.detach().cpu().tolist()
+    values = dict(zip(problem.names, alpha.detach().cpu().tolist()))
+    scales, tied = _bake_tied(problem, values, config)
+    aliases = {s.name: list(s.aliases) for s in scaled if s.aliases}
+    aliases.update({n: list(g[1:]) for n, g in problem.tied.items() if n in scales})
+    trial = None
+    if config.trial_steps > 0:
+        scales, trial = _guard(problem, scales, data, config, device, reducer)
     return GradInitResult(
-        scales={s.name: float(v) for s, v in zip(scaled, values)},
+        scales=scales,
         config=config,
         history=history,
-        kinds={s.name: s.kind for s in scaled},
-        aliases={s.name: list(s.aliases) for s in scaled if s.aliases},
+        kinds={n: _kind(n, problem.w0[n]) for n in scales},
+        aliases=aliases,
         gamma_value=gamma_value,
         runtime_s=time.perf_counter() - start,
         num_processes=reducer.world,
+        tied=tied,
+        trial=trial,
     )
 
 
@@ -795,6 +887,103 @@ def _lookahead(problem, alpha, g_first, first_step, batch_t, data, config, reduc
             step = _inner_step(grads, config)
         total = [t + s for t, s in zip(total, step)]
     return total, batch_t
+
+
+# ---- tied input/output embeddings and the trial guard (issue #13) ---------------------
+
+
+def _bake_tied(problem: ScaledModel, values: dict[str, float], config: GradInitConfig):
+    """One scale per tensor from the learned ones, and what happened to each tied tensor."""
+    scales = {n: v for n, v in values.items() if n not in problem.uses}
+    tied: dict[str, dict[str, Any]] = {}
+    for name, group in problem.tied.items():
+        record: dict[str, Any] = {"names": list(group), "mode": config.tied_embeddings}
+        if config.tied_embeddings == "per_use":
+            uses = {n: values[n] for n in group}
+            out = getattr(problem.model, "get_output_embeddings", lambda: None)()
+            owners = {n: problem.model.get_submodule(n.rpartition(".")[0]) for n in group}
+            output = next(
+                n
+                for n in group
+                if owners[n] is out or (out is None and isinstance(owners[n], nn.Linear))
+            )
+            scales[name] = uses[output]  # what the model can hold: the output's scale
+            record["uses"] = uses
+        if name not in scales:  # tied_embeddings="fixed" or fixed_embeddings
+            record["mode"] = "fixed"
+        record["scale"] = scales.get(name, 1.0)
+        tied[name] = record
+    return scales, tied
+
+
+def _trial_loss(problem: ScaledModel, scales, batches, config, reducer) -> float:
+    """Mean loss over the last half of ``len(batches)`` real optimizer steps from w0 * scales
+    (the model is only read). inf if the loss turns non-finite."""
+    params = {
+        n: (problem.w0[n] * scales.get(n, 1.0)).detach().clone().requires_grad_(True)
+        for n in problem.trainable
+    }
+    lr = config.trial_lr if config.trial_lr is not None else config.eta / 2
+    if config.inner_optimizer == "adam":
+        opt = torch.optim.Adam(params.values(), lr=lr, betas=config.trial_betas)
+    else:
+        opt = torch.optim.SGD(params.values(), lr=lr)
+    losses = []
+    for batch in batches:
+        tensors = {**problem.w0, **problem.buffers, **params}
+        outputs = functional_call(problem.model, tensors, args=(), kwargs=dict(batch))
+        loss = problem.loss_fn(outputs, batch)
+        grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+        grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params.values(), grads)]
+        stats = loss.detach().reshape(1).clone()
+        reducer.mean_([*grads, stats])
+        if not math.isfinite(stats.item()):
+            return math.inf
+        losses.append(stats.item())
+        for p, g in zip(params.values(), grads):
+            p.grad = g
+        opt.step()
+    tail = losses[len(losses) // 2 :]
+    return sum(tail) / len(tail)
+
+
+def _guard(problem, scales, data, config, device, reducer):
+    """Keep the scales only if a short trial of the real optimizer is not worse from them
+    than from the original init; else the scales to the power 0.5; else none (warn)."""
+    batches = [_to_device(next(data), device) for _ in range(config.trial_steps)]
+    damped = {n: v**0.5 for n, v in scales.items()}
+    with _gradinit_mode(problem.model, device):
+        record = {
+            "steps": config.trial_steps,
+            "original": _trial_loss(problem, {}, batches, config, reducer),
+            "scaled": _trial_loss(problem, scales, batches, config, reducer),
+        }
+        if record["scaled"] <= record["original"]:
+            record["choice"] = "scaled"
+            return scales, record
+        record["damped"] = _trial_loss(problem, damped, batches, config, reducer)
+    if record["damped"] <= record["original"]:
+        record["choice"] = "damped"
+        return damped, record
+    record["choice"] = "original"
+    tied = ", ".join(" = ".join(g) for g in problem.tied.values())
+    warnings.warn(
+        f"GradInit: a {config.trial_steps}-step trial of the real optimizer did worse from the "
+        f"learned scales ({record['scaled']:.4g}) and from their square roots "
+        f"({record['damped']:.4g}) than from the original init ({record['original']:.4g}); "
+        "the original init is kept (all scales 1)."
+        + (
+            f" The model ties one tensor across its input embeddings and output projection "
+            f"({tied}); GradInit is known to work with the decoder's input and output tied "
+            "and the encoder embedding separate (e.g. Marian with "
+            "share_encoder_decoder_embeddings=False, tie_word_embeddings=True)."
+            if tied
+            else ""
+        ),
+        UserWarning,
+        stacklevel=3,
+    )
+    return {n: 1.0 for n in scales}, record
 
 
 def _first_gradient(problem, alpha, batch, create_graph, loss_fn):

@@ -161,6 +161,9 @@ class GradInitArguments:
     )
     gradinit_on_nonfinite: Literal["raise", "skip"] = _core("on_nonfinite")
     gradinit_max_skipped: int = _core("max_skipped")
+    gradinit_tied_embeddings: Literal["shared", "per_use", "fixed"] = _core("tied_embeddings")
+    gradinit_fixed_embeddings: bool = _core("fixed_embeddings")
+    gradinit_trial_steps: int = _core("trial_steps")
     gradinit_batch_size: int | None = field(
         default=None,
         metadata={
@@ -356,13 +359,18 @@ class GradInitTrainingArguments(GradInitArguments, Seq2SeqTrainingArguments):
     ) -> GradInitConfig:
         """The :class:`GradInitConfig` of this run (eta and inner optimizer follow
         ``learning_rate`` and ``optim`` unless set)."""
-        return super().to_gradinit_config(
-            learning_rate=self.learning_rate if learning_rate is None else learning_rate,
+        lr = self.learning_rate if learning_rate is None else learning_rate
+        config = super().to_gradinit_config(
+            learning_rate=lr,
             optim=self.optim if optim is None else optim,
             seed=self.seed if seed is None else seed,
             betas=(self.adam_beta1, self.adam_beta2) if betas is None else betas,
             eps=self.adam_epsilon if eps is None else eps,
             warn=warn,
+        )
+        # The guard's trial trains as this run does.
+        return dataclasses.replace(
+            config, trial_lr=lr, trial_betas=(self.adam_beta1, self.adam_beta2)
         )
 
 

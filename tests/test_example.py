@@ -125,7 +125,9 @@ def test_end_to_end_on_the_shipped_corpus(run, tmp_path):
     config = model.config
     assert config.model_type == "marian"
     assert config.activation_function == "relu" and config.scale_embedding
-    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    # the reference's layout: the decoder's input and output tied, the encoder's separate
+    assert model.get_output_embeddings().weight is model.model.decoder.embed_tokens.weight
+    assert model.get_input_embeddings().weight is not model.model.decoder.embed_tokens.weight
     assert config.gradinit["summary"]["iterations"] == 2  # the GradInit record travels
     assert (tokenizer.pad_token_id, tokenizer.eos_token_id) == (0, 1)
     batch = tokenizer(["Wählen Sie Extras - Optionen."], return_tensors="pt")
@@ -405,6 +407,18 @@ def test_defaults_are_the_cpu_recipe(run, tmp_path):
     assert model_args.model_type == "marian" and model_args.tokenizer_name is None
     _, _, off = run.parse_args(["--no_gradinit", "--output_dir", str(tmp_path)])
     assert off.gradinit is False
+
+
+@pytest.mark.parametrize("flag", [False, True])
+def test_marian_layout_is_the_references_unless_all_shared_is_asked(run, flag):
+    from conftest import tiny_tokenizer
+
+    argv = ["--d_model", "16", "--encoder_layers", "1", "--decoder_layers", "1"]
+    model_args, data_args, _ = run.parse_args(argv + (["--share_all_embeddings"] if flag else []))
+    model = run.build_model(model_args, data_args, tiny_tokenizer())
+    decoder_in = model.get_decoder().embed_tokens.weight
+    assert model.get_output_embeddings().weight is decoder_in
+    assert (model.get_input_embeddings().weight is decoder_in) is flag
 
 
 def test_warmup_steps_warm_up_on_top_of_the_constant_default(run, tmp_path):

@@ -193,7 +193,7 @@ def test_scale_bounds_hold():
 def test_apply_is_exact_and_keeps_ties():
     model = tiny_marian()
     before = snapshot(model)
-    config = GradInitConfig(iterations=5, scale_lr=5e-2)
+    config = GradInitConfig(iterations=5, scale_lr=5e-2, fixed_embeddings=False)  # scale them
     result = apply_gradinit(model, seq2seq_examples(24), config, batch_size=12, show_progress=False)
     params = dict(model.named_parameters(remove_duplicate=False))
     assert model.lm_head.weight is model.model.shared.weight

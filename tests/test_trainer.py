@@ -118,8 +118,17 @@ def test_arguments_follow_optim_and_learning_rate(tmp_path):
     # Every GradInitConfig setting has a gradinit_* argument that reaches the config.
     core = {f.name for f in dataclasses.fields(GradInitConfig)}
     mine = {f.name for f in dataclasses.fields(GradInitArguments)}
-    # from learning_rate / optim / seed / adam_beta1, adam_beta2 / adam_epsilon
-    derived = {"eta", "inner_optimizer", "seed", "inner_betas", "inner_eps"}
+    # from learning_rate / optim / seed / adam_beta1, adam_beta2 / adam_epsilon (the
+    # lookahead's and the trial guard's settings follow the run's)
+    derived = {
+        "eta",
+        "inner_optimizer",
+        "seed",
+        "inner_betas",
+        "inner_eps",
+        "trial_lr",
+        "trial_betas",
+    }
     assert {f"gradinit_{n}" for n in core - derived} <= mine
     custom = GradInitTrainingArguments(
         output_dir=str(tmp_path), gradinit_min_scale=0.2, gradinit_scale_betas=[0.5, 0.6]
@@ -134,7 +143,9 @@ def test_reference_recipe_in_one_argument(tmp_path):
         output_dir=str(tmp_path), learning_rate=5e-4, adam_beta2=0.999, gradinit_recipe="reference"
     )
     config = args.to_gradinit_config()
-    expected = GradInitConfig.reference(5e-4, seed=args.seed, inner_betas=(0.9, 0.999))
+    expected = GradInitConfig.reference(
+        5e-4, seed=args.seed, inner_betas=(0.9, 0.999), trial_lr=5e-4, trial_betas=(0.9, 0.999)
+    )
     assert config == expected
     assert (config.iterations, config.scale_lr, config.eta) == (780, 2.5e-3, 1e-3)
     assert (config.gamma, config.gamma_unit) == (2.5e-5, "per_parameter")

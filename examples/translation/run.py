@@ -169,6 +169,15 @@ class ModelArguments:
     max_position_embeddings: int = field(
         default=256, metadata={"help": "Longest sequence the model can take."}
     )
+    share_all_embeddings: bool = field(
+        default=False,
+        metadata={
+            "help": "Marian: one embedding matrix for the encoder input, the decoder input "
+            "and the output projection (Hugging Face Marian's default). Default: the "
+            "reference's fairseq layout, a separate encoder embedding and the decoder's "
+            "input and output tied; GradInit harmed the all-shared layout on a toy task."
+        },
+    )
     init_std: float | None = field(
         default=None,
         metadata={
@@ -653,13 +662,16 @@ def build_model(model_args: ModelArguments, data_args: DataTrainingArguments, to
         if model_args.init_std is not None:
             common["init_std"] = model_args.init_std
         if model_args.model_type == "marian":
-            # Post-LN, sinusoidal positions, one embedding matrix shared by the encoder, the
-            # decoder and the output projection: fairseq's transformer_iwslt_de_en.
+            # Post-LN, sinusoidal positions, the encoder embedding separate and the decoder's
+            # input and output embeddings tied: the layout of fairseq's transformer_iwslt_de_en
+            # (the reference's model). --share_all_embeddings: one matrix for all three
+            # (HF Marian's default), where GradInit's one scale for the shared matrix stalled
+            # a toy model (issue #13, benchmarks/toy_study.py).
             config = AutoConfig.for_model(
                 "marian",
                 vocab_size=vocab_size,
                 decoder_start_token_id=pad,
-                share_encoder_decoder_embeddings=True,
+                share_encoder_decoder_embeddings=model_args.share_all_embeddings,
                 tie_word_embeddings=True,
                 **common,
             )

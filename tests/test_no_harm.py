@@ -1,0 +1,239 @@
+"""Tied input/output embeddings (issue #13): which tensors count, what each
+``tied_embeddings`` mode does, the trial guard, and the toy 'does no harm' test."""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import load_script, seq2seq_examples, tiny_bart, tiny_fsmt, tiny_marian
+from transformers import T5Config, T5ForConditionalGeneration, default_data_collator
+
+import hf_gradinit.gradinit as gradinit_module
+from hf_gradinit import GradInitConfig, GradInitTrainingArguments, compute_gradinit_scales
+from hf_gradinit.gradinit import ScaledModel, find_tied_input_output
+
+SHARED = [
+    "model.shared.weight",
+    "model.encoder.embed_tokens.weight",
+    "model.decoder.embed_tokens.weight",
+    "lm_head.weight",
+]
+
+
+def tiny_t5(tie: bool):
+    config = T5Config(
+        vocab_size=64, d_model=16, d_ff=32, num_layers=1, num_heads=2, d_kv=8,
+        decoder_start_token_id=0, pad_token_id=0, eos_token_id=1, tie_word_embeddings=tie,
+    )  # fmt: skip
+    return T5ForConditionalGeneration(config)
+
+
+def _batch(n: int = 6):
+    return default_data_collator(seq2seq_examples(n))
+
+
+# --------------------------------------------------------------------------------------
+# Which tensors are tied across input and output
+# --------------------------------------------------------------------------------------
+
+
+def test_found_where_one_matrix_is_encoder_input_decoder_input_and_output():
+    assert find_tied_input_output(tiny_marian()) == [SHARED]
+    assert find_tied_input_output(tiny_bart()) == [SHARED]
+    # FSMT with tie_word_embeddings=True too: transformers 5.x ties its encoder embedding
+    # to the decoder's as well (FSMTModel._tied_weights_keys), not only decoder in/out
+    (fsmt,) = find_tied_input_output(tiny_fsmt())
+    assert "model.encoder.embed_tokens.weight" in fsmt
+    (t5,) = find_tied_input_output(tiny_t5(tie=True))
+    assert set(t5) == {n.removeprefix("model.") for n in SHARED}
+
+
+def test_not_found_where_only_the_decoder_input_and_output_are_tied_or_nothing_is():
+    reference = tiny_marian(share_encoder_decoder_embeddings=False, tie_word_embeddings=True)
+    assert find_tied_input_output(reference) == []
+    untied = tiny_marian(share_encoder_decoder_embeddings=False, tie_word_embeddings=False)
+    assert find_tied_input_output(untied) == []
+
+
+# --------------------------------------------------------------------------------------
+# The modes
+# --------------------------------------------------------------------------------------
+
+
+def test_per_use_gives_each_name_a_scale_and_the_tensor_the_sum_of_their_gradients():
+    model = tiny_marian().eval()  # no dropout: the two calls must see the same model
+    batch = _batch()
+    shared = ScaledModel(model, torch.device("cpu"))
+    per_use = ScaledModel(model, torch.device("cpu"), tied_embeddings="per_use")
+    assert set(per_use.names) - set(shared.names) == set(SHARED[1:])
+    loss_a, grads_a = shared.gradient(shared.ones(), batch)
+    loss_b, grads_b = per_use.gradient(per_use.ones(), batch)
+    torch.testing.assert_close(loss_a, loss_b)
+    for g_a, g_b in zip(grads_a, grads_b):  # aligned with the trainable tensors
+        torch.testing.assert_close(g_a, g_b, rtol=1e-5, atol=1e-7)
+    # each use really is its own tensor: scaling only the output projection changes the
+    # loss differently from scaling the tensor everywhere
+    alpha = per_use.ones()
+    alpha[per_use.index["lm_head.weight"]] = 0.5
+    everywhere = shared.ones()
+    everywhere[shared.index["model.shared.weight"]] = 0.5
+    only_out = per_use.loss(per_use.theta(alpha), batch)
+    all_uses = shared.loss(shared.theta(everywhere), batch)
+    assert not torch.isclose(only_out, all_uses)
+
+
+def test_per_use_bakes_one_scale_the_model_can_hold_and_keeps_the_tie():
+    model = tiny_marian()
+    config = GradInitConfig(
+        iterations=4, scale_lr=5e-2, tied_embeddings="per_use", fixed_embeddings=False
+    )
+    result = compute_gradinit_scales(model, [_batch(9)], config, show_progress=False)
+    assert not set(SHARED[1:]) & set(result.scales)
+    uses = result.tied["model.shared.weight"]["uses"]
+    assert set(uses) == set(SHARED)
+    assert (
+        result.scales["model.shared.weight"] == uses["lm_head.weight"]
+    )  # the output's: what it can hold
+    assert uses["model.shared.weight"] == 1.0  # used by no forward: never moves
+    result.apply(model)
+    assert model.lm_head.weight is model.model.encoder.embed_tokens.weight
+
+
+def test_fixed_leaves_the_tied_tensor_at_its_init_and_learns_the_rest():
+    model = tiny_marian()
+    before = model.model.shared.weight.detach().clone()
+    config = GradInitConfig(
+        iterations=3, scale_lr=5e-2, tied_embeddings="fixed", fixed_embeddings=False
+    )
+    result = compute_gradinit_scales(model, [_batch(9)], config, show_progress=False)
+    assert "model.shared.weight" not in result.scales
+    assert result.tied["model.shared.weight"]["scale"] == 1.0
+    assert any(v != 1.0 for v in result.scales.values())
+    result.apply(model)
+    torch.testing.assert_close(model.model.shared.weight, before, rtol=0, atol=0)
+
+
+def test_reference_layout_is_the_same_in_every_mode():
+    def scales(mode):
+        model = tiny_marian(share_encoder_decoder_embeddings=False, tie_word_embeddings=True)
+        config = GradInitConfig(
+            iterations=3, scale_lr=5e-2, tied_embeddings=mode, fixed_embeddings=False
+        )
+        return compute_gradinit_scales(model, [_batch(9)], config, show_progress=False).scales
+
+    torch.manual_seed(0)
+    a = scales("shared")
+    torch.manual_seed(0)
+    assert scales("per_use") == a
+    torch.manual_seed(0)
+    assert scales("fixed") == a
+
+
+def test_by_default_no_embedding_table_gets_a_scale():
+    model = tiny_bart()
+    tables = {
+        n: p.detach().clone()
+        for n, p in model.named_parameters()
+        if isinstance(model.get_submodule(n.rpartition(".")[0]), torch.nn.Embedding)
+    }
+    assert {"model.shared.weight", "model.encoder.embed_positions.weight"} <= set(tables)
+    config = GradInitConfig(iterations=3, scale_lr=5e-2)
+    result = compute_gradinit_scales(model, [_batch(9)], config, show_progress=False)
+    assert not set(tables) & set(result.scales)
+    assert result.tied["model.shared.weight"]["mode"] == "fixed"
+    assert any(v != 1.0 for v in result.scales.values())  # the rest is learned
+    result.apply(model)
+    for n, p in model.named_parameters():
+        if n in tables:
+            torch.testing.assert_close(p, tables[n], rtol=0, atol=0)
+
+
+# --------------------------------------------------------------------------------------
+# The trial guard
+# --------------------------------------------------------------------------------------
+
+
+def _guarded(monkeypatch, trial_losses):
+    calls = iter(trial_losses)
+    monkeypatch.setattr(gradinit_module, "_trial_loss", lambda *a, **k: next(calls))
+    config = GradInitConfig(iterations=2, scale_lr=5e-2, trial_steps=2)
+    torch.manual_seed(0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = compute_gradinit_scales(tiny_marian(), [_batch(9)], config, show_progress=False)
+    return result, [str(w.message) for w in caught if "trial" in str(w.message)]
+
+
+def test_guard_keeps_the_scales_when_the_trial_is_not_worse(monkeypatch):
+    result, warned = _guarded(monkeypatch, [2.0, 1.5])
+    assert result.trial["choice"] == "scaled" and not warned
+    assert any(v != 1.0 for v in result.scales.values())
+
+
+def test_guard_takes_square_roots_then_the_original_init_and_names_the_tied_tensors(
+    monkeypatch,
+):
+    result, _ = _guarded(monkeypatch, [2.0, 1.0])  # scaled is better: the reference
+    learned = result.scales
+    damped, warned = _guarded(monkeypatch, [1.0, 2.0, 0.9])
+    assert damped.trial["choice"] == "damped" and not warned
+    for name, value in damped.scales.items():
+        assert value == pytest.approx(learned[name] ** 0.5)
+    original, warned = _guarded(monkeypatch, [1.0, 2.0, 1.5])
+    assert original.trial["choice"] == "original"
+    assert set(original.scales.values()) == {1.0}
+    (message,) = warned
+    assert " = ".join(SHARED) in message and "share_encoder_decoder_embeddings=False" in message
+
+
+def test_guard_trial_runs_the_real_optimizer_without_touching_the_model():
+    model = tiny_marian()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    config = GradInitConfig(iterations=2, scale_lr=5e-2, trial_steps=3)
+    result = compute_gradinit_scales(model, [_batch(9)], config, show_progress=False)
+    assert result.trial["steps"] == 3 and result.trial["original"] > 0
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p, before[n], rtol=0, atol=0)
+
+
+def test_trainer_arguments_give_the_trial_the_runs_lr_and_betas(tmp_path):
+    args = GradInitTrainingArguments(
+        output_dir=str(tmp_path), learning_rate=3e-4, adam_beta2=0.98, gradinit_trial_steps=5,
+        gradinit_tied_embeddings="per_use", report_to="none", use_cpu=True,
+    )  # fmt: skip
+    config = args.to_gradinit_config()
+    assert (config.trial_steps, config.trial_lr, config.trial_betas) == (5, 3e-4, (0.9, 0.98))
+    assert config.tied_embeddings == "per_use"
+
+
+# --------------------------------------------------------------------------------------
+# The toy: does GradInit, with the trainer's default settings, do no harm?
+# --------------------------------------------------------------------------------------
+
+TOY = Path(__file__).resolve().parents[1] / "benchmarks" / "toy_study.py"
+# The study's toy made small enough for a test (see benchmarks/results/toy_study.md).
+TOY_SIZE = dict(layers=2, steps=150, examples=600)
+HARM_MARGIN = 0.5  # final loss above no GradInit's by more than this: harm
+
+
+@pytest.fixture(scope="module")
+def toy():
+    yield load_script(TOY, "toy_study")
+    sys.modules.pop("toy_study", None)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["marian-shared-reverse", "marian-reference-reverse"])
+def test_default_gradinit_does_no_harm_on_the_toy(toy, case):
+    without = toy.run_one(case, dict(gradinit=False), seed=0, size=TOY_SIZE)
+    with_gradinit = toy.run_one(case, dict(gradinit=True), seed=0, size=TOY_SIZE)
+    assert without["final_loss"] < 3.0  # the toy trains without GradInit
+    assert with_gradinit["final_loss"] < without["final_loss"] + HARM_MARGIN, (
+        f"GradInit stalled the {case} toy: {with_gradinit['final_loss']:.2f} vs "
+        f"{without['final_loss']:.2f} without; distinct outputs "
+        f"{with_gradinit['distinct_outputs']} of 16"
+    )
