@@ -154,14 +154,14 @@ class GradInitConfig:
         default=10, metadata={"help": "Consecutive non-finite batches tolerated with 'skip'."}
     )
     # ---- tied input/output embeddings and the trial guard (issue #13) ----------------
-    tied_embeddings: Literal["shared", "per_use", "fixed"] = field(
+    tied_embeddings: Literal["shared", "fixed"] = field(
         default="shared",
         metadata={
             "help": "A tensor that is the output projection and the input embedding of "
             "several modules (HF Marian/BART, tied T5: find_tied_input_output). 'shared': one "
-            "scale, as any tied tensor. 'per_use': each use its own scale during GradInit, "
-            "then the tensor keeps the output projection's. 'fixed': no scale (1); the "
-            "other scales are learned around it."
+            "scale, as any tied tensor. 'fixed': no scale (1); the other scales are learned "
+            "around it. (Only matters with fixed_embeddings=False.) One scale per use, then "
+            "the output's kept, was measured and dropped: it stalled one of two toy seeds."
         },
     )
     fixed_embeddings: bool = field(
@@ -245,9 +245,9 @@ class GradInitConfig:
             problems.append(f"overlap must be in [0, 1], got {self.overlap!r}")
         if self.on_nonfinite not in ("raise", "skip"):
             problems.append(f"on_nonfinite must be 'raise' or 'skip', got {self.on_nonfinite!r}")
-        if self.tied_embeddings not in ("shared", "per_use", "fixed"):
+        if self.tied_embeddings not in ("shared", "fixed"):
             problems.append(
-                f"tied_embeddings must be 'shared', 'per_use' or 'fixed', got {self.tied_embeddings!r}"
+                f"tied_embeddings must be 'shared' or 'fixed', got {self.tied_embeddings!r}"
             )
         if not isinstance(self.trial_steps, int) or self.trial_steps < 0:
             problems.append(f"trial_steps must be an integer >= 0, got {self.trial_steps!r}")

@@ -460,26 +460,14 @@ class ScaledModel:
         self.loss_fn = loss_fn or _default_loss
         self.scaled = find_scaled_tensors(model)
         # Tied input/output embeddings (see GradInitConfig.tied_embeddings): "fixed" leaves
-        # them out (scale 1); "per_use" gives each name its own copy and scale.
+        # them out (scale 1).
         self.tied = {g[0]: g for g in find_tied_input_output(model)}
-        self.uses: dict[str, str] = {}  # per_use: alias name -> the tensor's own name
         if fixed_embeddings:
             tables = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
             named = dict(model.named_parameters())
             self.scaled = [s for s in self.scaled if id(named[s.name]) not in tables]
         if tied_embeddings == "fixed":
             self.scaled = [s for s in self.scaled if s.name not in self.tied]
-        elif tied_embeddings == "per_use":
-            scaled = []
-            for s in self.scaled:
-                if s.name not in self.tied:
-                    scaled.append(s)
-                    continue
-                for n in (s.name, *s.aliases):
-                    scaled.append(ScaledTensor(n, s.kind, (), s.numel))
-                    if n != s.name:
-                        self.uses[n] = s.name
-            self.scaled = scaled
         self.names = [s.name for s in self.scaled]
         self.index = {n: i for i, n in enumerate(self.names)}
         named = dict(model.named_parameters())
@@ -511,18 +499,11 @@ class ScaledModel:
             if steps is not None:
                 t = t - eta * steps[k]
             theta[n] = t
-        for a, n in self.uses.items():  # per_use: one copy per name, stepped as the tensor
-            t = alpha[self.index[a]] * self.w0[n]
-            if steps is not None:
-                t = t - eta * steps[self.trainable.index(n)]
-            theta[a] = t
         return theta
 
     def loss(self, theta: Mapping[str, torch.Tensor], batch: Mapping[str, Any]) -> torch.Tensor:
         tensors = {**self.w0, **self.buffers, **theta}
-        outputs = functional_call(
-            self.model, tensors, args=(), kwargs=dict(batch), tie_weights=not self.uses
-        )
+        outputs = functional_call(self.model, tensors, args=(), kwargs=dict(batch))
         return self.loss_fn(outputs, batch).to(self.dtype)
 
     def gradient(
@@ -556,11 +537,6 @@ class ScaledModel:
                 loss, list(leaves.values()), create_graph=create_graph, allow_unused=True
             )
         grads = [torch.zeros_like(t) if g is None else g for t, g in zip(leaves.values(), grads)]
-        if self.uses:  # the tensor's gradient is the sum over its uses, as in training
-            by_name = dict(zip(leaves, grads))
-            for a, n in self.uses.items():
-                by_name[n] = by_name[n] + by_name.pop(a)
-            grads = [by_name[n] for n in self.trainable]
         return loss, grads
 
     def objective_grad(self, alpha, steps, eta: float, batch: Mapping[str, Any]):
@@ -836,8 +812,8 @@ def compute_gradinit_scales(
     finally:
         progress.close()
 
-    values = dict(zip(problem.names, alpha.detach().cpu().tolist()))
-    scales, tied = _bake_tied(problem, values, config)
+    scales = dict(zip(problem.names, alpha.detach().cpu().tolist()))
+    tied = _tied_records(problem, scales, config)
     aliases = {s.name: list(s.aliases) for s in scaled if s.aliases}
     aliases.update({n: list(g[1:]) for n, g in problem.tied.items() if n in scales})
     trial = None
@@ -892,28 +868,14 @@ def _lookahead(problem, alpha, g_first, first_step, batch_t, data, config, reduc
 # ---- tied input/output embeddings and the trial guard (issue #13) ---------------------
 
 
-def _bake_tied(problem: ScaledModel, values: dict[str, float], config: GradInitConfig):
-    """One scale per tensor from the learned ones, and what happened to each tied tensor."""
-    scales = {n: v for n, v in values.items() if n not in problem.uses}
+def _tied_records(problem: ScaledModel, scales: dict[str, float], config: GradInitConfig):
+    """What happened to each tensor tied across input embeddings and output projection:
+    its names, 'shared' (one learned scale) or 'fixed' (left at 1), and its scale."""
     tied: dict[str, dict[str, Any]] = {}
     for name, group in problem.tied.items():
-        record: dict[str, Any] = {"names": list(group), "mode": config.tied_embeddings}
-        if config.tied_embeddings == "per_use":
-            uses = {n: values[n] for n in group}
-            out = getattr(problem.model, "get_output_embeddings", lambda: None)()
-            owners = {n: problem.model.get_submodule(n.rpartition(".")[0]) for n in group}
-            output = next(
-                n
-                for n in group
-                if owners[n] is out or (out is None and isinstance(owners[n], nn.Linear))
-            )
-            scales[name] = uses[output]  # what the model can hold: the output's scale
-            record["uses"] = uses
-        if name not in scales:  # tied_embeddings="fixed" or fixed_embeddings
-            record["mode"] = "fixed"
-        record["scale"] = scales.get(name, 1.0)
-        tied[name] = record
-    return scales, tied
+        mode = "shared" if name in scales else "fixed"
+        tied[name] = {"names": list(group), "mode": mode, "scale": scales.get(name, 1.0)}
+    return tied
 
 
 def _trial_loss(problem: ScaledModel, scales, batches, config, reducer) -> float:

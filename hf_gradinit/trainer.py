@@ -161,7 +161,7 @@ class GradInitArguments:
     )
     gradinit_on_nonfinite: Literal["raise", "skip"] = _core("on_nonfinite")
     gradinit_max_skipped: int = _core("max_skipped")
-    gradinit_tied_embeddings: Literal["shared", "per_use", "fixed"] = _core("tied_embeddings")
+    gradinit_tied_embeddings: Literal["shared", "fixed"] = _core("tied_embeddings")
     gradinit_fixed_embeddings: bool = _core("fixed_embeddings")
     gradinit_trial_steps: int = _core("trial_steps")
     gradinit_batch_size: int | None = field(

@@ -14,7 +14,7 @@ from transformers import T5Config, T5ForConditionalGeneration, default_data_coll
 
 import hf_gradinit.gradinit as gradinit_module
 from hf_gradinit import GradInitConfig, GradInitTrainingArguments, compute_gradinit_scales
-from hf_gradinit.gradinit import ScaledModel, find_tied_input_output
+from hf_gradinit.gradinit import find_tied_input_output
 
 SHARED = [
     "model.shared.weight",
@@ -64,45 +64,6 @@ def test_not_found_where_only_the_decoder_input_and_output_are_tied_or_nothing_i
 # --------------------------------------------------------------------------------------
 
 
-def test_per_use_gives_each_name_a_scale_and_the_tensor_the_sum_of_their_gradients():
-    model = tiny_marian().eval()  # no dropout: the two calls must see the same model
-    batch = _batch()
-    shared = ScaledModel(model, torch.device("cpu"))
-    per_use = ScaledModel(model, torch.device("cpu"), tied_embeddings="per_use")
-    assert set(per_use.names) - set(shared.names) == set(SHARED[1:])
-    loss_a, grads_a = shared.gradient(shared.ones(), batch)
-    loss_b, grads_b = per_use.gradient(per_use.ones(), batch)
-    torch.testing.assert_close(loss_a, loss_b)
-    for g_a, g_b in zip(grads_a, grads_b):  # aligned with the trainable tensors
-        torch.testing.assert_close(g_a, g_b, rtol=1e-5, atol=1e-7)
-    # each use really is its own tensor: scaling only the output projection changes the
-    # loss differently from scaling the tensor everywhere
-    alpha = per_use.ones()
-    alpha[per_use.index["lm_head.weight"]] = 0.5
-    everywhere = shared.ones()
-    everywhere[shared.index["model.shared.weight"]] = 0.5
-    only_out = per_use.loss(per_use.theta(alpha), batch)
-    all_uses = shared.loss(shared.theta(everywhere), batch)
-    assert not torch.isclose(only_out, all_uses)
-
-
-def test_per_use_bakes_one_scale_the_model_can_hold_and_keeps_the_tie():
-    model = tiny_marian()
-    config = GradInitConfig(
-        iterations=4, scale_lr=5e-2, tied_embeddings="per_use", fixed_embeddings=False
-    )
-    result = compute_gradinit_scales(model, [_batch(9)], config, show_progress=False)
-    assert not set(SHARED[1:]) & set(result.scales)
-    uses = result.tied["model.shared.weight"]["uses"]
-    assert set(uses) == set(SHARED)
-    assert (
-        result.scales["model.shared.weight"] == uses["lm_head.weight"]
-    )  # the output's: what it can hold
-    assert uses["model.shared.weight"] == 1.0  # used by no forward: never moves
-    result.apply(model)
-    assert model.lm_head.weight is model.model.encoder.embed_tokens.weight
-
-
 def test_fixed_leaves_the_tied_tensor_at_its_init_and_learns_the_rest():
     model = tiny_marian()
     before = model.model.shared.weight.detach().clone()
@@ -127,8 +88,6 @@ def test_reference_layout_is_the_same_in_every_mode():
 
     torch.manual_seed(0)
     a = scales("shared")
-    torch.manual_seed(0)
-    assert scales("per_use") == a
     torch.manual_seed(0)
     assert scales("fixed") == a
 
@@ -203,11 +162,11 @@ def test_guard_trial_runs_the_real_optimizer_without_touching_the_model():
 def test_trainer_arguments_give_the_trial_the_runs_lr_and_betas(tmp_path):
     args = GradInitTrainingArguments(
         output_dir=str(tmp_path), learning_rate=3e-4, adam_beta2=0.98, gradinit_trial_steps=5,
-        gradinit_tied_embeddings="per_use", report_to="none", use_cpu=True,
+        gradinit_tied_embeddings="fixed", report_to="none", use_cpu=True,
     )  # fmt: skip
     config = args.to_gradinit_config()
     assert (config.trial_steps, config.trial_lr, config.trial_betas) == (5, 3e-4, (0.9, 0.98))
-    assert config.tied_embeddings == "per_use"
+    assert config.tied_embeddings == "fixed"
 
 
 # --------------------------------------------------------------------------------------
