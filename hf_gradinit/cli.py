@@ -341,6 +341,8 @@ def run_init(a: InitArguments, g: GradInitArguments) -> Path:
         f"{summary['scale_max']:.4g}] after {summary['iterations']} iterations "
         f"({summary['runtime_s']:.1f}s)."
     )
+    for note in result.tied_notes():
+        print("GradInit: " + note.replace("`", ""))
     model.to("cpu")
     out = save_initialized_checkpoint(
         model,

@@ -169,7 +169,30 @@ class GradInitResult:
             "last_loss_after_step": objective[-1]["loss_after_step"] if objective else None,
             "runtime_s": round(self.runtime_s, 3),
             "num_processes": self.num_processes,
+            "tied_input_output": [
+                {"names": t["names"], "mode": t["mode"], "scale": t["scale"]}
+                for t in self.tied.values()
+            ],
         }
+
+    def tied_notes(self) -> list[str]:
+        """One sentence per tensor that is both an input embedding and the output
+        projection, naming it and saying what GradInit did with it (for logs and cards)."""
+        notes = []
+        for t in self.tied.values():
+            names = " = ".join(f"`{n}`" for n in t["names"])
+            what = (
+                f"GradInit gave it one scale, {t['scale']:.4g} (tied_embeddings='shared')"
+                if t["mode"] == "shared"
+                else "GradInit left it at its init, with no scale"
+                + (
+                    " (fixed_embeddings: no embedding table gets one)"
+                    if self.config.fixed_embeddings
+                    else " (tied_embeddings='fixed')"
+                )
+            )
+            notes.append(f"{names} is both an input embedding and the output projection: {what}.")
+        return notes
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -814,6 +837,18 @@ def compute_gradinit_scales(
 
     scales = dict(zip(problem.names, alpha.detach().cpu().tolist()))
     tied = _tied_records(problem, scales, config)
+    scaled_tied = [t["names"] for t in tied.values() if t["mode"] == "shared"]
+    if scaled_tied and is_main:
+        warnings.warn(
+            "GradInit scaled a tensor that is both an input embedding and the output "
+            f"projection ({' = '.join(scaled_tied[0])}). One scale for those uses stalled "
+            "training on a toy task (benchmarks/results/toy_study.md); the defaults "
+            "(fixed_embeddings=True) leave embedding tables unscaled. Layouts that tie only the "
+            "decoder's input and output (e.g. Marian with share_encoder_decoder_embeddings="
+            "False) are not affected.",
+            UserWarning,
+            stacklevel=2,
+        )
     aliases = {s.name: list(s.aliases) for s in scaled if s.aliases}
     aliases.update({n: list(g[1:]) for n, g in problem.tied.items() if n in scales})
     trial = None

@@ -319,6 +319,9 @@ def make_model_card(
         f"- runtime: {_fmt(summary['runtime_s'])} s on {summary['num_processes']} process(es)",
     ]
     parts.append("\n".join(outcome) + "\n")
+    if result.tied:
+        parts.append("### Tied input and output embeddings\n")
+        parts.append("\n".join(f"- {note}" for note in result.tied_notes()) + "\n")
     parts.append("### Settings\n")
     parts.append(settings_table(result))
     if plot_file:

@@ -442,7 +442,11 @@ def gradinit_log_entries(result: GradInitResult, every: int = 1) -> list[dict[st
         )
         entry["gradinit/time_s"] = float(sum(r.get("time_s", 0.0) for r in window))
         entries.append(entry)
-    summary = {f"gradinit/{k}": float(v) for k, v in result.summary().items() if v is not None}
+    summary = {
+        f"gradinit/{k}": float(v)
+        for k, v in result.summary().items()
+        if isinstance(v, (int, float)) and v is not None
+    }
     summary["gradinit/runtime_s"] = float(result.runtime_s)
     entries.append(summary)
     return entries
@@ -676,6 +680,8 @@ class GradInitTrainer(Seq2SeqTrainer):
             summary["first_loss_after_step"],
             summary["last_loss_after_step"],
         )
+        for note in result.tied_notes():
+            logger.info("GradInit: %s", note.replace("`", ""))
         return result
 
     def _already_initialized(self, model: Any) -> bool:

@@ -254,7 +254,16 @@ def test_cli_init_translation_end_to_end(tmp_path, capsys, monkeypatch):
         ]
     )
     assert status == 0, capsys.readouterr().err
-    assert "Saved the initialized checkpoint" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "Saved the initialized checkpoint" in printed
+    # The all-shared Marian: its one embedding matrix is named, and what GradInit did with it.
+    assert (
+        "model.shared.weight = model.encoder.embed_tokens.weight = "
+        "model.decoder.embed_tokens.weight = lm_head.weight is both an input embedding and the "
+        "output projection: GradInit left it at its init" in printed
+    )
+    card_text = (out / "README.md").read_text()
+    assert "### Tied input and output embeddings" in card_text and "`lm_head.weight`" in card_text
     result = load_gradinit_result(out)
     assert result.config.eta == pytest.approx(1e-3) and result.config.iterations == 3
     reloaded = AutoModelForSeq2SeqLM.from_pretrained(out)

@@ -196,3 +196,27 @@ def test_default_gradinit_does_no_harm_on_the_toy(toy, case):
         f"{without['final_loss']:.2f} without; distinct outputs "
         f"{with_gradinit['distinct_outputs']} of 16"
     )
+
+
+def test_a_scaled_tied_input_output_tensor_is_warned_about_and_named_in_logs(caplog):
+    """Where a user turns the default off, the known harm is said plainly; the notes that
+    the trainer logs, the CLI prints and the card shows name the tensor either way."""
+    with pytest.warns(UserWarning, match="both an input embedding and the output projection"):
+        scaled = compute_gradinit_scales(
+            tiny_marian(), [_batch(9)], GradInitConfig(iterations=2, fixed_embeddings=False),
+            show_progress=False,
+        )  # fmt: skip
+    (note,) = scaled.tied_notes()
+    assert note.startswith("`model.shared.weight` = `model.encoder.embed_tokens.weight`")
+    assert f"one scale, {scaled.scales['model.shared.weight']:.4g}" in note
+    assert scaled.summary()["tied_input_output"][0]["mode"] == "shared"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the default and the reference layout: no warning
+        fixed = compute_gradinit_scales(
+            tiny_marian(), [_batch(9)], GradInitConfig(iterations=2), show_progress=False
+        )
+        reference = tiny_marian(share_encoder_decoder_embeddings=False, tie_word_embeddings=True)
+        config = GradInitConfig(iterations=2, fixed_embeddings=False)
+        none = compute_gradinit_scales(reference, [_batch(9)], config, show_progress=False)
+    assert "left it at its init, with no scale (fixed_embeddings" in fixed.tied_notes()[0]
+    assert none.tied_notes() == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import warnings
 
@@ -382,6 +383,16 @@ def test_run_gradinit_uses_gradinit_batch_size_and_logging_steps(tmp_path, monke
     assert [e["gradinit/iteration"] for e in entries[:-1]] == [2, 4, 5]
     mean = sum(h["loss"] for h in result.history[:2]) / 2
     assert entries[0]["gradinit/loss"] == pytest.approx(mean)
+
+
+def test_trainer_logs_what_gradinit_did_with_a_tied_input_output_tensor(tmp_path, caplog):
+    args = _args(tmp_path, gradinit_iterations=2)
+    trainer = GradInitTrainer(model=tiny_bart(), args=args, train_dataset=seq2seq_examples(12))
+    with caplog.at_level(logging.INFO, logger="hf_gradinit.trainer"):
+        trainer.run_gradinit()
+    logged = " ".join(r.getMessage() for r in caplog.records)
+    assert "model.shared.weight = model.encoder.embed_tokens.weight" in logged
+    assert "is both an input embedding and the output projection: GradInit left it" in logged
 
 
 def _varied_length_examples(n: int) -> list[dict]:
