@@ -109,13 +109,20 @@ def test_gradient_norm_gradient_matches_finite_differences(norm_type):
             return sum(x.abs().sum() for x in g).item()
         return torch.sqrt(sum((x * x).sum() for x in g)).item()
 
+    _, plain = problem.gradient(alpha, batch)
+    from_gradients = problem.norm_grad_fd(alpha, direction, batch, problem.w_dot(plain))
     eps = 1e-6
+    numerics = []
     for i in range(len(alpha)):
         up, down = alpha.detach().clone(), alpha.detach().clone()
         up[i] += eps
         down[i] -= eps
         numeric = (grad_norm(up) - grad_norm(down)) / (2 * eps)
+        numerics.append(numeric)
         assert analytic[i].item() == pytest.approx(numeric, rel=1e-4, abs=1e-6), problem.names[i]
+    # The default (finite differences of gradients) against the same numbers, as a vector.
+    numerics = torch.tensor(numerics, dtype=from_gradients.dtype)
+    assert ((from_gradients - numerics).norm() / numerics.norm()).item() < 1e-3
 
 
 @pytest.mark.parametrize("norm_type", ["l1", "l2"])
