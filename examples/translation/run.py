@@ -681,8 +681,9 @@ def build_model(model_args: ModelArguments, data_args: DataTrainingArguments, to
                 "bart", vocab_size=vocab_size, decoder_start_token_id=eos, **common
             )
         else:
-            # FSMT (fairseq's WMT19 models): separate source/target embeddings; the decoder's
-            # input and output embeddings are tied.
+            # FSMT (fairseq's WMT19 models): source and target vocabularies of their own, but
+            # with tie_word_embeddings=True transformers 5.x ties the encoder embedding to
+            # the decoder's input and output as well (FSMTModel._tied_weights_keys).
             config = AutoConfig.for_model(
                 "fsmt",
                 langs=[data_args.source_lang, data_args.target_lang],
