@@ -287,7 +287,7 @@ def summarize(results: list[dict], steps: int, stall: float) -> str:
             finals = [final_loss(r, steps) for r in rs]
             name = method + (" (best warmup)" if method == best and len(warm) > 1 else "")
             share = "-"
-            if method.startswith("gradinit"):
+            if any(r.get("gradinit_runtime_s") for r in rs):
                 share = ", ".join(
                     f"{100 * r['gradinit_runtime_s'] / _run_time(r):.0f}%" for r in rs
                 )
