@@ -409,12 +409,14 @@ def test_defaults_are_the_cpu_recipe(run, tmp_path):
     assert off.gradinit is False
 
 
-@pytest.mark.parametrize("flag", [False, True])
-def test_marian_layout_is_the_references_unless_all_shared_is_asked(run, flag):
+@pytest.mark.parametrize("flag", [True, False])
+def test_marian_layout_is_all_shared_unless_the_references_is_asked(run, flag):
     from conftest import tiny_tokenizer
 
     argv = ["--d_model", "16", "--encoder_layers", "1", "--decoder_layers", "1"]
-    model_args, data_args, _ = run.parse_args(argv + (["--share_all_embeddings"] if flag else []))
+    model_args, data_args, _ = run.parse_args(
+        argv + ([] if flag else ["--share_all_embeddings", "False"])
+    )
     model = run.build_model(model_args, data_args, tiny_tokenizer())
     decoder_in = model.get_decoder().embed_tokens.weight
     assert model.get_output_embeddings().weight is decoder_in
