@@ -797,20 +797,7 @@ class GradInitTrainer(Seq2SeqTrainer):
         hyperparameters and results. ``results`` (e.g. BLEU scores) replaces the card's
         evaluation list, which otherwise comes from the log history. Later saves write the
         card again with these arguments."""
-        if self.gradinit_result is None:
-            super().create_model_card(
-                language=language,
-                license=license,
-                tags=tags,
-                model_name=model_name,
-                finetuned_from=finetuned_from,
-                tasks=tasks,
-                dataset_tags=dataset_tags,
-                dataset=dataset,
-                dataset_args=dataset_args,
-            )
-            return
-        self._card_kwargs = dict(
+        card_kwargs = dict(
             language=language,
             license=license,
             tags=tags,
@@ -820,8 +807,11 @@ class GradInitTrainer(Seq2SeqTrainer):
             dataset_tags=dataset_tags,
             dataset=dataset,
             dataset_args=dataset_args,
-            results=results,
         )
+        if self.gradinit_result is None:
+            super().create_model_card(**card_kwargs)
+            return
+        self._card_kwargs = {**card_kwargs, "results": results}
         if self.is_world_process_zero():
             self._write_model_card(self.args.output_dir, **self._card_kwargs)
 
