@@ -380,9 +380,11 @@ def default_repo_id(output_dir: str | os.PathLike) -> str:
 
 
 def check_push_target(repo_id: str) -> None:
-    """Raise ``ValueError`` before any work if a push to ``repo_id`` cannot succeed: an
-    invalid repo id, or the Hub switched off (``HF_HUB_OFFLINE``)."""
-    from huggingface_hub import constants
+    """Raise ``ValueError`` before any work if ``repo_id`` is not a valid Hub repo id.
+
+    Whether the Hub can be reached (network, token, ``HF_HUB_OFFLINE``) is only known when
+    pushing; a failure there is a :class:`PushError` and the local checkpoint is kept.
+    """
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id
 
@@ -390,11 +392,6 @@ def check_push_target(repo_id: str) -> None:
         validate_repo_id(repo_id)
     except HFValidationError as err:
         raise ValueError(f"{repo_id!r} is not a valid Hub repo id: {err}") from None
-    if constants.HF_HUB_OFFLINE:
-        raise ValueError(
-            "Pushing needs the network, but HF_HUB_OFFLINE is set: unset it, or save locally "
-            "without pushing and upload the folder later (`hf upload`)."
-        )
 
 
 def _one_line(err: BaseException) -> str:

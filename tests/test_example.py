@@ -125,9 +125,9 @@ def test_end_to_end_on_the_shipped_corpus(run, tmp_path):
     config = model.config
     assert config.model_type == "marian"
     assert config.activation_function == "relu" and config.scale_embedding
-    # the reference's layout: the decoder's input and output tied, the encoder's separate
+    # HF Marian's layout (the default): one matrix for encoder input, decoder input, output
     assert model.get_output_embeddings().weight is model.model.decoder.embed_tokens.weight
-    assert model.get_input_embeddings().weight is not model.model.decoder.embed_tokens.weight
+    assert model.get_input_embeddings().weight is model.model.decoder.embed_tokens.weight
     assert config.gradinit["summary"]["iterations"] == 2  # the GradInit record travels
     assert (tokenizer.pad_token_id, tokenizer.eos_token_id) == (0, 1)
     batch = tokenizer(["Wählen Sie Extras - Optionen."], return_tensors="pt")
