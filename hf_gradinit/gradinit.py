@@ -340,6 +340,12 @@ def _to_device(batch: Any, device: torch.device, dtype: torch.dtype | None = Non
     return batch
 
 
+def _next_batch(data: Iterator[Any], problem: ScaledModel) -> Any:
+    """The next batch on GradInit's device, floating-point tensors in its compute dtype;
+    every place that draws a batch (iterations, lookahead steps, the trial) goes here."""
+    return _to_device(next(data), problem.device, problem.dtype)
+
+
 def _cycle(batches: Iterable[Any]) -> Iterator[Any]:
     while True:
         empty = True
@@ -750,7 +756,7 @@ def compute_gradinit_scales(
         with _gradinit_mode(model, device, double_backward=exact and config.gamma is not None):
             for it in range(config.iterations):
                 t0 = time.perf_counter()
-                batch = _to_device(next(data), device, dtype)
+                batch = _next_batch(data, problem)
                 batch_s, batch_t = split_batch(batch, config.overlap, generator)
 
                 if it == 0:
@@ -882,7 +888,7 @@ def _lookahead(problem, alpha, g_first, first_step, batch_t, data, config, reduc
     exp_avg = [(1 - beta1) * g for g in g_first]
     exp_avg_sq = [(1 - beta2) * g * g for g in g_first]
     for j in range(2, config.lookahead_steps + 1):
-        batch = _to_device(next(data), problem.device)
+        batch = _next_batch(data, problem)
         batch_s, batch_t = split_batch(batch, config.overlap, generator)
         _, grads = problem.gradient(alpha, batch_s, steps=total, eta=config.eta)
         grads = [g.detach() for g in grads]
@@ -947,7 +953,7 @@ def _trial_loss(problem: ScaledModel, scales, batches, config, reducer) -> float
 def _guard(problem, scales, data, config, device, reducer):
     """Keep the scales only if a short trial of the real optimizer is not worse from them
     than from the original init; else the scales to the power 0.5; else none (warn)."""
-    batches = [_to_device(next(data), device) for _ in range(config.trial_steps)]
+    batches = [_next_batch(data, problem) for _ in range(config.trial_steps)]
     damped = {n: v**0.5 for n, v in scales.items()}
     with _gradinit_mode(problem.model, device):
         record = {

@@ -465,8 +465,13 @@ def _input_dtypes(model: torch.nn.Module, name: str) -> list[torch.dtype]:
     return seen
 
 
+@pytest.mark.parametrize(
+    "extra",
+    [{}, {"lookahead_steps": 2}, {"trial_steps": 2}],
+    ids=["paper", "lookahead", "trial"],  # every place that draws batches
+)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
-def test_float_inputs_follow_the_compute_dtype(dtype):
+def test_float_inputs_follow_the_compute_dtype(dtype, extra):
     model = FloatInputNet().to(dtype)
     seen = _input_dtypes(model, "features")
     g = torch.Generator().manual_seed(0)
@@ -475,7 +480,7 @@ def test_float_inputs_follow_the_compute_dtype(dtype):
         for i in range(24)
     ]
     before = snapshot(model)
-    config = GradInitConfig(iterations=3)
+    config = GradInitConfig(iterations=3, **extra)
     result = apply_gradinit(model, data, config, batch_size=6, show_progress=False)
     assert seen and set(seen) == {torch.float32}
     for name, p in model.named_parameters():  # the model keeps its own precision
