@@ -65,6 +65,14 @@ def _kind(name: str, param: torch.Tensor) -> str:
     return "weight" if param.dim() >= 2 else "gain"
 
 
+def _names_by_tensor(model: nn.Module) -> dict[int, list[str]]:
+    """Every name of each parameter (tied tensors have several), by tensor identity."""
+    names: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), []).append(name)
+    return names
+
+
 def find_scaled_tensors(model: nn.Module) -> list[ScaledTensor]:
     """Every trainable tensor that a scale can move: trainable and non-zero.
 
@@ -75,9 +83,7 @@ def find_scaled_tensors(model: nn.Module) -> list[ScaledTensor]:
     positions, trainable after ``from_pretrained``): a scale on them would be lost on reload.
     """
     unsaved = [re.compile(p) for p in getattr(model, "_keys_to_ignore_on_save", None) or []]
-    aliases: dict[int, list[str]] = {}
-    for name, p in model.named_parameters(remove_duplicate=False):
-        aliases.setdefault(id(p), []).append(name)
+    aliases = _names_by_tensor(model)
     found = []
     for name, p in model.named_parameters():
         if not p.requires_grad or p.is_meta or any(u.search(name) for u in unsaved):
@@ -109,11 +115,8 @@ def find_tied_input_output(model: nn.Module) -> list[list[str]]:
         out = get_out() if callable(get_out) else None
     except Exception:  # noqa: BLE001 - models without output embeddings may raise
         out = None
-    names: dict[int, list[str]] = {}
-    for name, p in model.named_parameters(remove_duplicate=False):
-        names.setdefault(id(p), []).append(name)
     found = []
-    for group in names.values():
+    for group in _names_by_tensor(model).values():
         if len(group) < 2:
             continue
         owners = [model.get_submodule(n.rpartition(".")[0]) for n in group]
@@ -641,13 +644,7 @@ class ScaledModel:
                 leaves[n] = (t + sign * r * d).detach().requires_grad_(True)
             grads = self._loss_and_grad(leaves, batch)[1]
             del leaves
-            out = torch.zeros_like(alpha)
-            for k, n in enumerate(self.trainable):
-                i = self.index.get(n)
-                if i is not None:
-                    out[i] = (grads[k] * self.w0[n]).sum()
-                grads[k] = None
-            return out
+            return self.w_dot(grads)
 
         if central:
             return (w_dot_gradient_at(1.0) - w_dot_gradient_at(-1.0)) / (2 * r)
@@ -933,11 +930,7 @@ def _trial_loss(problem: ScaledModel, scales, batches, config, reducer) -> float
         opt = torch.optim.SGD(params.values(), lr=lr)
     losses = []
     for batch in batches:
-        tensors = {**problem.w0, **problem.buffers, **params}
-        outputs = functional_call(problem.model, tensors, args=(), kwargs=dict(batch))
-        loss = problem.loss_fn(outputs, batch)
-        grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
-        grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params.values(), grads)]
+        loss, grads = problem._loss_and_grad(params, batch)
         stats = loss.detach().reshape(1).clone()
         reducer.mean_([*grads, stats])
         if not math.isfinite(stats.item()):
