@@ -819,31 +819,16 @@ class GradInitTrainer(Seq2SeqTrainer):
         self,
         folder: str,
         *,
-        language: str | None = None,
-        license: str | None = None,
         tags: str | list[str] | None = None,
-        model_name: str | None = None,
-        finetuned_from: str | None = None,
-        tasks: str | list[str] | None = None,
-        dataset_tags: str | list[str] | None = None,
-        dataset: str | list[str] | None = None,
-        dataset_args: str | list[str] | None = None,
         results: Mapping[str, Any] | None = None,
+        **card_kwargs: Any,
     ) -> None:
-        """The GradInit files and the GradInit model card (README.md) into ``folder``."""
+        """The GradInit files and the GradInit model card (README.md) into ``folder``.
+        ``card_kwargs``: the other arguments of :meth:`create_model_card`."""
         from transformers.modelcard import TrainingSummary
 
         summary = TrainingSummary.from_trainer(
-            self,
-            language=language,
-            license=license,
-            tags=[tags] if isinstance(tags, str) else list(tags or []),
-            model_name=model_name,
-            finetuned_from=finetuned_from,
-            tasks=tasks,
-            dataset_tags=dataset_tags,
-            dataset=dataset,
-            dataset_args=dataset_args,
+            self, tags=[tags] if isinstance(tags, str) else list(tags or []), **card_kwargs
         )
         base = summary.finetuned_from
         if not base or os.path.isdir(base):  # built from a config, or a local folder
