@@ -12,6 +12,8 @@ GammaUnit = Literal["absolute", "per_parameter", "init"]
 ConstraintMoments = Literal["shared_second", "separate"]
 HvpMethod = Literal["forward_difference", "central_difference", "double_backward"]
 
+_BETAS = ("scale_betas", "inner_betas", "trial_betas")  # pairs in [0, 1)
+
 # Fields of earlier versions that loading a saved result ignores.
 _REMOVED_FIELDS = {"separate_constraint_moments"}
 
@@ -194,8 +196,8 @@ class GradInitConfig:
     )
 
     def __post_init__(self) -> None:
-        self.scale_betas = tuple(self.scale_betas)  # JSON/YAML give lists
-        self.inner_betas = tuple(self.inner_betas)
+        for name in _BETAS:  # JSON/YAML give lists
+            setattr(self, name, tuple(getattr(self, name)))
         problems = []
         if self.inner_optimizer not in ("adam", "sgd"):
             problems.append(
@@ -221,7 +223,7 @@ class GradInitConfig:
             problems.append(
                 f"min_scale ({self.min_scale}) must not exceed max_scale ({self.max_scale})"
             )
-        for name in ("scale_betas", "inner_betas"):
+        for name in _BETAS:
             betas = getattr(self, name)
             if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
                 problems.append(f"{name} must be two numbers in [0, 1), got {betas!r}")
@@ -253,9 +255,6 @@ class GradInitConfig:
             problems.append(f"trial_steps must be an integer >= 0, got {self.trial_steps!r}")
         if self.trial_lr is not None and not (math.isfinite(self.trial_lr) and self.trial_lr > 0):
             problems.append(f"trial_lr must be positive or None, got {self.trial_lr!r}")
-        self.trial_betas = tuple(self.trial_betas)
-        if len(self.trial_betas) != 2 or not all(0 <= b < 1 for b in self.trial_betas):
-            problems.append(f"trial_betas must be two numbers in [0, 1), got {self.trial_betas!r}")
         if not isinstance(self.max_skipped, int) or self.max_skipped < 0:
             problems.append(f"max_skipped must be an integer >= 0, got {self.max_skipped!r}")
         if problems:
@@ -309,9 +308,8 @@ class GradInitConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        d["scale_betas"] = list(self.scale_betas)
-        d["inner_betas"] = list(self.inner_betas)
-        d["trial_betas"] = list(self.trial_betas)
+        for name in _BETAS:
+            d[name] = list(d[name])
         return d
 
     @classmethod
