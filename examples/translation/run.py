@@ -71,7 +71,7 @@ class UsageError(ValueError):
 HERE = Path(__file__).resolve().parent
 SHIPPED_DATA = HERE / "data"
 SPLITS = ("train", "validation", "test")
-MODEL_TYPES = ("marian", "bart", "fsmt")
+MODEL_TYPES = ("marian", "bart", "fsmt", "mbart")
 DATA_EXTENSIONS = (".jsonl", ".json", ".jsonl.gz", ".json.gz")
 
 # ======================================================================================
@@ -132,8 +132,9 @@ class ModelArguments:
         default="marian",
         metadata={
             "help": "Architecture built from scratch: 'marian' (Post-LN, sinusoidal positions: "
-            "the closest to the paper's fairseq transformer), 'bart' or 'fsmt'. Ignored "
-            "when --config_name is given."
+            "the closest to the paper's fairseq transformer), 'bart', 'fsmt' (Post-LN too) "
+            "or 'mbart' (Pre-LN: the alternative to warmup that changes the model; run it "
+            "with --no_gradinit). Ignored when --config_name is given."
         },
     )
     config_name: str | None = field(
@@ -318,6 +319,42 @@ class DataTrainingArguments:
                 raise UsageError(f"--{name} must be >= 1 (or left unset), got {value}.")
 
 
+@dataclass
+class TranslationTrainingArguments(GradInitTrainingArguments):
+    """GradInitTrainingArguments plus optimizers that transformers' ``optim`` does not name."""
+
+    torch_optimizer: str | None = field(
+        default=None,
+        metadata={
+            "help": "'radam': torch.optim.RAdam (Liu et al., 2020: Adam whose variance "
+            "rectification replaces warmup) with --adam_beta1/--adam_beta2/--adam_epsilon and "
+            "--weight_decay, instead of --optim. Its first steps are momentum-SGD steps, which "
+            "GradInit's Adam simulation does not model: run it with --no_gradinit."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.torch_optimizer not in (None, "radam"):
+            raise UsageError(
+                f"Unknown --torch_optimizer {self.torch_optimizer!r}: use 'radam', or leave it "
+                "unset and choose with --optim."
+            )
+        if self.torch_optimizer is not None and self.gradinit:
+            raise UsageError(
+                f"--torch_optimizer {self.torch_optimizer} with GradInit: GradInit would "
+                "simulate an Adam first step that this optimizer does not take. Add --no_gradinit."
+            )
+
+    def optimizer_cls_and_kwargs(self) -> tuple[type[torch.optim.Optimizer], dict] | None:
+        """The Trainer's ``optimizer_cls_and_kwargs`` for --torch_optimizer (None: --optim)."""
+        if self.torch_optimizer is None:
+            return None
+        betas = (self.adam_beta1, self.adam_beta2)
+        # The Trainer sets weight decay per parameter group (none on biases and norms).
+        return torch.optim.RAdam, dict(lr=self.learning_rate, betas=betas, eps=self.adam_epsilon)
+
+
 # ======================================================================================
 # Arguments
 # ======================================================================================
@@ -325,10 +362,10 @@ class DataTrainingArguments:
 
 def parse_args(
     argv: list[str] | None = None,
-) -> tuple[ModelArguments, DataTrainingArguments, GradInitTrainingArguments]:
+) -> tuple[ModelArguments, DataTrainingArguments, TranslationTrainingArguments]:
     """Command line, or a JSON/YAML file as the first argument (plus optional overrides)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = HfArgumentParser((ModelArguments, DataTrainingArguments, GradInitTrainingArguments))
+    parser = HfArgumentParser((ModelArguments, DataTrainingArguments, TranslationTrainingArguments))
     defaults = dict(TRAINING_DEFAULTS)
     if argv and argv[0].lower().endswith((".json", ".yaml", ".yml")):
         defaults.update(_read_args_file(argv.pop(0), parser))
@@ -682,6 +719,12 @@ def build_model(model_args: ModelArguments, data_args: DataTrainingArguments, to
             config = AutoConfig.for_model(
                 "bart", vocab_size=vocab_size, decoder_start_token_id=eos, **common
             )
+        elif model_args.model_type == "mbart":
+            # Pre-LN (LayerNorm before each sublayer and after each stack), learned positions,
+            # one embedding for the encoder input, the decoder input and the output.
+            config = AutoConfig.for_model(
+                "mbart", vocab_size=vocab_size, decoder_start_token_id=eos, **common
+            )
         else:
             # FSMT (fairseq's WMT19 models): source and target vocabularies of their own, but
             # with tie_word_embeddings=True transformers 5.x ties the encoder embedding to
@@ -914,7 +957,7 @@ class EvalSplit:
 # ======================================================================================
 
 
-def setup_logging(training_args: GradInitTrainingArguments) -> None:
+def setup_logging(training_args: TranslationTrainingArguments) -> None:
     warnings.filterwarnings("ignore", message=".*pin_memory.*no accelerator is found.*")
     logging.basicConfig(
         format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
@@ -1031,6 +1074,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ),
         compute_metrics=bleu if training_args.predict_with_generate else None,
     )
+    # Seq2SeqTrainer.__init__ does not take Trainer's optimizer_cls_and_kwargs; the attribute
+    # is what Trainer.create_optimizer reads.
+    trainer.optimizer_cls_and_kwargs = training_args.optimizer_cls_and_kwargs()
     results: dict[str, Any] = {}
 
     # ---- GradInit + training ------------------------------------------------------------
