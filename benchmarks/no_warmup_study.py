@@ -99,6 +99,9 @@ LAYOUTS = {
     # Hugging Face Marian's default and run.py's: one matrix for encoder input, decoder
     # input and output.
     "shared": ["--share_all_embeddings", "True"],
+    # BART: Post-LN too, with learned positions, a LayerNorm on the embeddings and one
+    # shared embedding (checks that the defaults transfer to another Post-LN layout).
+    "bart": ["--model_type", "bart"],
 }
 
 
