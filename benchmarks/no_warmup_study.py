@@ -317,6 +317,32 @@ def summarize(results: list[dict], steps: int, stall: float) -> str:
     return "\n".join(lines)
 
 
+def bleu_table(results: list[dict]) -> str:
+    """Test BLEU per method (runs with a test set only): mean, range and each seed's value."""
+    methods: dict[tuple, list[dict]] = {}
+    for r in results:
+        if math.isfinite(r.get("test_bleu", float("nan"))):
+            key = (r.get("layout", "shared"), r["lr"], r["beta2"], label(r))
+            methods.setdefault(key, []).append(r)
+    if not methods:
+        return ""
+    lines = [
+        "| layout | lr | beta2 | method | seeds | test BLEU mean | range | per seed | "
+        "val loss mean |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (layout, lr, beta2, method), rs in sorted(methods.items(), key=lambda kv: kv[0][:3]):
+        rs = sorted(rs, key=lambda r: r["seed"])
+        bleu = [r["test_bleu"] for r in rs]
+        lines.append(
+            f"| {layout} | {lr:g} | {beta2:g} | {method} | {len(rs)} | "
+            f"{statistics.mean(bleu):.1f} | {min(bleu):.1f}-{max(bleu):.1f} | "
+            + ", ".join(f"{b:.1f}" for b in bleu)
+            + f" | {_mean(r['eval_loss'] for r in rs):.2f} |"
+        )
+    return "\n".join(lines)
+
+
 def plot_losses(results: list[dict], stall: float, path: Path) -> None:
     import matplotlib
 
@@ -524,6 +550,9 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"No finished runs in {records.path}.")
     stall = unigram_loss(cache / "tokenizer")
     table = summarize(results, steps, stall)
+    bleu = bleu_table(results)
+    if bleu:
+        table = f"Test BLEU (sacreBLEU, greedy, the whole test set):\n\n{bleu}\n\n{table}"
     plot_losses(results, stall, results_dir / f"{name}_losses.png")
     main_arm = shlex.split(args.gradinit_args)
     with_scales = [r for r in results if r.get("scales")]

@@ -50,6 +50,10 @@ CASES: dict[str, dict] = {
     "bart-copy": dict(model="bart", task="copy", lr=5e-4),
     "marian-shared-reverse-lr2e-3": dict(model="marian-shared", task="reverse", lr=2e-3),
     "marian-reference-reverse-lr2e-3": dict(model="marian-reference", task="reverse", lr=2e-3),
+    "marian-shared-reverse-lr5e-4": dict(model="marian-shared", task="reverse", lr=5e-4),
+    "marian-reference-reverse-lr5e-4": dict(model="marian-reference", task="reverse", lr=5e-4),
+    # for the SGD methods (momentum 0.9): an SGD learning rate
+    "marian-reference-reverse-sgd0.1": dict(model="marian-reference", task="reverse", lr=0.1),
 }
 # GradInitTrainingArguments of each method on top of the trainer's defaults.
 METHODS: dict[str, dict] = {
@@ -62,6 +66,17 @@ METHODS: dict[str, dict] = {
     "guard50": dict(gradinit=True, gradinit_fixed_embeddings=False, gradinit_trial_steps=50),
     # no embedding table scaled (token, tied or not, and learned positions): the default now
     "fixed_emb": dict(gradinit=True, gradinit_fixed_embeddings=True),
+    # the reference's Post-LN Transformer recipe (GradInitConfig.reference)
+    "recipe": dict(gradinit=True, gradinit_recipe="reference"),
+    # the defaults with a 4-step lookahead of the real optimizer
+    "lookahead4": dict(gradinit=True, gradinit_lookahead_steps=4),
+    # what users pick instead: a Pre-LN model (mBART's layout), RAdam; both without GradInit.
+    # Keys starting with "_" are this script's, not GradInitTrainingArguments'.
+    "preln": dict(gradinit=False, _model="mbart"),
+    "radam": dict(gradinit=False, _optimizer="radam"),
+    # SGD with momentum 0.9 (for the sgd cases), without and with GradInit (its sgd step)
+    "sgd": dict(gradinit=False, optim="sgd", optim_args="momentum=0.9"),
+    "sgd_gradinit": dict(gradinit=True, optim="sgd", optim_args="momentum=0.9"),
 }
 SIZE = dict(d_model=64, layers=6, ffn_dim=256, heads=4, steps=300, examples=2000, length=10)
 BATCH = 32
@@ -127,6 +142,8 @@ def make_model(name: str, d_model: int, layers: int, ffn_dim: int, heads: int):
             tie_word_embeddings=True,
             **common,
         )
+    elif name == "mbart":  # Pre-LN, learned positions, one shared embedding
+        config = AutoConfig.for_model("mbart", decoder_start_token_id=EOS, **common)
     elif name == "bart":  # BART's own defaults: gelu, no embedding scale
         common.update(activation_function="gelu", scale_embedding=False)
         config = AutoConfig.for_model("bart", decoder_start_token_id=EOS, **common)
@@ -157,15 +174,24 @@ def run_one(
 
     torch.set_num_threads(threads)
     spec = CASES[case] if isinstance(case, str) else case
+    method = dict(method)
+    model_name = method.pop("_model", spec["model"])
+    optimizer = method.pop("_optimizer", None)
     size = {**SIZE, **(size or {})}
     start = time.perf_counter()
     torch.manual_seed(seed)
-    model = make_model(
-        spec["model"], size["d_model"], size["layers"], size["ffn_dim"], size["heads"]
-    )
+    model = make_model(model_name, size["d_model"], size["layers"], size["ffn_dim"], size["heads"])
     eos = spec.get("eos", False)
     train = make_examples(spec["task"], size["examples"], size["length"], 1000 + seed, eos)
     held_out = make_examples(spec["task"], N_OUTPUTS, size["length"], 2000 + seed, eos)
+    if model_name == "mbart":
+        # mBART shifts labels by wrapping the last token (its language id) to the front;
+        # these tasks have none: give the decoder inputs the other models build (start
+        # token, then the labels shifted right), as generation will see them.
+        start = model.config.decoder_start_token_id
+        for example in train:
+            labels = example["labels"]
+            example["decoder_input_ids"] = torch.cat([labels.new_tensor([start]), labels[:-1]])
     with tempfile.TemporaryDirectory() as tmp:
         args = GradInitTrainingArguments(
             output_dir=output_dir or tmp,
@@ -191,6 +217,11 @@ def run_one(
         trainer = GradInitTrainer(
             model=model, args=args, train_dataset=train, data_collator=default_data_collator
         )
+        if optimizer == "radam":  # read by Trainer.create_optimizer
+            trainer.optimizer_cls_and_kwargs = (
+                torch.optim.RAdam,
+                dict(lr=spec["lr"], betas=(args.adam_beta1, args.adam_beta2)),
+            )
         trainer.remove_callback(PrinterCallback)  # a line per step otherwise
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

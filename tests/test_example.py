@@ -227,7 +227,7 @@ def test_dataset_name_goes_through_load_dataset(run, tmp_path, monkeypatch):
     assert results["eval_samples"] == 5 and results["test_samples"] == 4
 
 
-@pytest.mark.parametrize("model_type", ["bart", "fsmt"])
+@pytest.mark.parametrize("model_type", ["bart", "fsmt", "mbart"])
 def test_other_model_types_train_and_translate(run, tmp_path, model_type):
     pairs = fr_en_pairs(40)
     train = write_jsonl(tmp_path / "train.jsonl", translation_rows(pairs[:32]))
@@ -258,6 +258,8 @@ def test_other_model_types_train_and_translate(run, tmp_path, model_type):
     assert "eval_bleu" in results and "test_bleu" in results
     model = AutoModelForSeq2SeqLM.from_pretrained(out)
     assert model.config.model_type == model_type
+    # mbart is the Pre-LN alternative: a LayerNorm after each stack; the Post-LN ones have none
+    assert (getattr(model.model.encoder, "layer_norm", None) is not None) == (model_type == "mbart")
     tokenizer = AutoTokenizer.from_pretrained(out)
     generated = model.generate(**tokenizer(["le chat dort"], return_tensors="pt"), max_new_tokens=4)
     assert generated.shape[0] == 1
@@ -579,3 +581,65 @@ def test_help_shows_the_script_defaults(run, capsys):
     text = " ".join(capsys.readouterr().out.split())  # undo the line wrapping
     assert "--source_lang" in text and "--gradinit_iterations" in text
     assert "(default: constant)" in text  # TRAINING_DEFAULTS, not TrainingArguments' own
+
+
+def test_radam_is_the_optimizer_that_trains(run, tmp_path, monkeypatch):
+    """--torch_optimizer radam: the Trainer builds torch.optim.RAdam with the run's lr and betas
+    (recorded by a subclass standing in for it) and steps it."""
+    made = []
+
+    class RecordingRAdam(torch.optim.RAdam):
+        def __init__(self, params, **kwargs):
+            super().__init__(params, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(torch.optim, "RAdam", RecordingRAdam)
+    pairs = fr_en_pairs(40)
+    train = write_jsonl(tmp_path / "train.jsonl", translation_rows(pairs[:32]))
+    run.main(
+        [
+            *TINY,
+            "--no_gradinit",
+            "--torch_optimizer",
+            "radam",
+            "--learning_rate",
+            "3e-4",
+            "--adam_beta2",
+            "0.97",
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--cache_dir",
+            str(tmp_path / "cache"),
+            "--train_file",
+            str(train),
+            "--validation_file",
+            str(train),
+            "--test_file",
+            str(train),
+            "--source_lang",
+            "fr",
+            "--target_lang",
+            "en",
+            "--do_eval",
+            "False",
+            "--do_predict",
+            "False",
+        ]  # fmt: skip
+    )
+    assert len(made) == 1
+    group = made[0].param_groups[0]
+    assert group["lr"] == pytest.approx(3e-4) and group["betas"] == (0.9, 0.97)
+    steps = {int(state["step"]) for state in made[0].state.values()}
+    assert steps == {3}  # --max_steps 3
+
+
+def test_radam_with_gradinit_and_unknown_optimizer_are_refused(run, tmp_path):
+    out = ["--output_dir", str(tmp_path)]
+    with pytest.raises(run.UsageError, match=r"radam with GradInit.*--no_gradinit"):
+        run.parse_args(["--torch_optimizer", "radam", *out])
+    with pytest.raises(run.UsageError, match=r"Unknown --torch_optimizer 'lamb'"):
+        run.parse_args(["--torch_optimizer", "lamb", "--no_gradinit", *out])
+    *_, args = run.parse_args(["--torch_optimizer", "radam", "--no_gradinit", *out])
+    assert args.optimizer_cls_and_kwargs()[0] is torch.optim.RAdam
+    *_, args = run.parse_args(out)
+    assert args.optimizer_cls_and_kwargs() is None

@@ -93,3 +93,22 @@ def test_table_scores_the_last_steps_marks_stalls_and_the_best_warmup(study):
     assert "warmup-300 (best warmup)" in rows[2] and "best" not in rows[1]
     assert rows[3].split("|")[9].strip() == "no"
     assert rows[3].split("|")[10].strip() == "25%"  # 100 s of GradInit in 400 s
+
+
+def test_bleu_table_gives_mean_range_and_seeds_of_runs_with_a_test_set(study):
+    results = [_run("gradinit", 4.0, 4.1 + seed, seed=seed) for seed in (3, 1, 2)]
+    for r, bleu in zip(results, (12.0, 9.0, 10.5)):
+        r["test_bleu"] = bleu
+    results.append(_run("baseline", 6.0, 6.0))  # no test set: not in the table
+    rows = study.bleu_table(results).splitlines()[2:]
+    assert len(rows) == 1
+    cells = [c.strip() for c in rows[0].split("|")[1:-1]]
+    assert cells[3:] == [
+        "gradinit (iterations 200)",
+        "3",
+        "10.5",
+        "9.0-12.0",
+        "9.0, 10.5, 12.0",
+        "6.10",
+    ]
+    assert study.bleu_table(results[3:]) == ""
