@@ -352,15 +352,24 @@ def plot_losses(results: list[dict], stall: float, path: Path) -> None:
     lrs = sorted({r["lr"] for r in results})
     rows = sorted({(r.get("layout", "shared"), r["beta2"]) for r in results})
     fig, axes = plt.subplots(
-        len(rows), len(lrs), figsize=(4.2 * len(lrs), 3.2 * len(rows)), squeeze=False
+        len(rows),
+        len(lrs),
+        figsize=(max(4.2 * len(lrs), 9.0), 3.2 * len(rows) + 0.8),
+        squeeze=False,
     )
     labels = sorted({label(r) for r in results})
-    warm = iter(["tab:orange", "tab:olive", "tab:brown", "tab:pink"])
-    grad = iter(["tab:blue", "tab:purple", "tab:cyan", "tab:green"])
+    palettes = {  # warmups, GradInit and its variants, the other methods
+        "warmup": iter(["tab:orange", "tab:olive", "tab:brown"]),
+        "gradinit": iter(["tab:blue", "tab:purple", "tab:cyan", "navy", "slateblue"]),
+        "other": iter(["tab:green", "tab:pink", "tab:gray", "black", "gold", "lime"]),
+    }
     colors = {"baseline": "tab:red"}
     for lab in labels:
         if lab != "baseline":
-            colors[lab] = next(grad if lab.startswith("gradinit") else warm, "black")
+            kind = "warmup" if lab.startswith("warmup") else "other"
+            if lab.startswith(("gradinit", "lookahead", "recipe")):
+                kind = "gradinit"
+            colors[lab] = next(palettes[kind], "black")
     seeds = sorted({r["seed"] for r in results})
     for r in sorted(results, key=label):
         ax = axes[rows.index((r.get("layout", "shared"), r["beta2"]))][lrs.index(r["lr"])]
@@ -384,8 +393,8 @@ def plot_losses(results: list[dict], stall: float, path: Path) -> None:
             handles.setdefault(lab, handle)
     fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=4, fontsize=7)
     fig.suptitle(
-        "6+6 Transformers on LibreOffice help De-En: no warmup, warmup, GradInit "
-        "(dashed: the unigram loss, where training stalls; dotted: second seed)",
+        "Transformers on LibreOffice help De-En: no warmup, warmup, GradInit and alternatives\n"
+        "(dashed: the unigram loss, where training stalls; dotted: the other seeds)",
         fontsize=9,
     )
     fig.tight_layout(rect=(0, 0.08, 1, 0.95))
