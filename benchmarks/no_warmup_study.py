@@ -195,6 +195,9 @@ class Records:
 
     def add(self, record: dict) -> None:
         with self.lock:
+            if self.path.exists():  # keep what another study process wrote meanwhile
+                on_disk = {r["name"]: r for r in json.loads(self.path.read_text())}
+                self.runs = {**on_disk, **self.runs}
             self.runs[record["name"]] = record
             tmp = self.path.with_suffix(".tmp")
             tmp.write_text(json.dumps(list(self.runs.values()), indent=1) + "\n")

@@ -63,6 +63,13 @@ def test_records_are_the_cache_and_survive_a_restart(study, tmp_path):
     assert study.run_one(run, [], [], tmp_path, {}, again)["eval_loss"] == 4.0
 
 
+def test_two_study_processes_writing_one_file_keep_both_records(study, tmp_path):
+    first, second = study.Records(tmp_path / "r.json"), study.Records(tmp_path / "r.json")
+    first.add({"name": "a", "eval_loss": 4.0})
+    second.add({"name": "b", "eval_loss": 5.0})  # loaded before "a" was written
+    assert set(study.Records(tmp_path / "r.json").runs) == {"a", "b"}
+
+
 def test_passthrough_arguments_go_to_every_run(study):
     args = study.parse_args(["--lrs", "1e-3", "--warmups", "100", "--", "--d_model", "64"])
     assert args.passthrough == ["--d_model", "64"]
