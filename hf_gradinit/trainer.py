@@ -549,6 +549,30 @@ class GradInitTrainer(Seq2SeqTrainer):
             learning_rate=self.args.learning_rate, optim=self.args.optim, seed=self.args.seed
         )
 
+    def _warn_sgd_momentum(self, config: GradInitConfig) -> None:
+        """GradInit simulates one plain SGD step; momentum makes the next ones larger. On a
+        Post-LN Transformer that trained with SGD (momentum 0.9, lr 0.1) GradInit stalled it
+        in every SGD setting tried (benchmarks/results/no_warmup_study.md), so say so."""
+        if config.inner_optimizer != "sgd":
+            return
+        pairs = (kv.split("=", 1) for kv in (self.args.optim_args or "").split(",") if "=" in kv)
+        momentum = {k.strip(): v.strip() for k, v in pairs}.get("momentum", "0")
+        try:
+            momentum_value = float(momentum)
+        except ValueError:
+            return
+        if momentum_value > 0:
+            warnings.warn(
+                f"GradInit with SGD momentum {momentum_value:g}: GradInit tunes the init for one "
+                "plain SGD step, and momentum makes the steps after it up to "
+                f"{1 / (1 - momentum_value) if momentum_value < 1 else float('inf'):.0f}x "
+                "larger. On a Post-LN Transformer trained with SGD (momentum 0.9) GradInit "
+                "made training worse in every setting measured (README, Results). Compare "
+                "with --no_gradinit before relying on it.",
+                UserWarning,
+                stacklevel=3,
+            )
+
     def gradinit_loss_fn(self) -> LossFn | None:
         """The loss GradInit optimizes: the model's own, or the trainer's label-smoothed one
         or ``compute_loss_func`` when set, as ``compute_loss`` does. A subclass that overrides
@@ -642,6 +666,7 @@ class GradInitTrainer(Seq2SeqTrainer):
                 "would compound the scales. Train it as it is."
             )
         config = self.gradinit_config()
+        self._warn_sgd_momentum(config)
         loader = self._gradinit_dataloader()
         logger.info(
             "Running GradInit: %d iterations, inner optimizer %s, eta %g",

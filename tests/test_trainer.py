@@ -484,3 +484,25 @@ def test_gradinit_optimizes_the_trainers_label_smoothed_loss(tmp_path):
         expected = trainer.compute_loss(model, dict(batch))
         assert torch.allclose(loss_fn(outputs, batch), expected)
         assert not torch.allclose(outputs.loss, expected)  # it is not the plain model loss
+
+
+@pytest.mark.parametrize(
+    ("optim", "optim_args", "warned"),
+    [
+        ("sgd", "momentum=0.9", True),
+        ("sgd", "nesterov=True, momentum = 0.5", True),
+        ("sgd", None, False),
+        ("sgd", "momentum=0", False),
+        ("adamw_torch", "momentum=0.9", False),  # not an SGD step: nothing to say
+    ],
+)
+def test_gradinit_with_sgd_momentum_warns(tmp_path, optim, optim_args, warned):
+    args = _args(tmp_path, optim=optim, optim_args=optim_args, gradinit_iterations=1)
+    trainer = GradInitTrainer(model=tiny_marian(), args=args, train_dataset=seq2seq_examples(12))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.run_gradinit()
+    messages = [str(w.message) for w in caught if "momentum" in str(w.message)]
+    assert bool(messages) == warned
+    if warned:
+        assert "--no_gradinit" in messages[0] and "plain SGD step" in messages[0]
