@@ -188,10 +188,10 @@ def run_one(
         # mBART shifts labels by wrapping the last token (its language id) to the front;
         # these tasks have none: give the decoder inputs the other models build (start
         # token, then the labels shifted right), as generation will see them.
-        start = model.config.decoder_start_token_id
+        first = model.config.decoder_start_token_id
         for example in train:
             labels = example["labels"]
-            example["decoder_input_ids"] = torch.cat([labels.new_tensor([start]), labels[:-1]])
+            example["decoder_input_ids"] = torch.cat([labels.new_tensor([first]), labels[:-1]])
     with tempfile.TemporaryDirectory() as tmp:
         args = GradInitTrainingArguments(
             output_dir=output_dir or tmp,
