@@ -603,7 +603,8 @@ def main(argv: list[str] | None = None) -> None:
         f"({stall:.2f}) or NaN; the best warmup has the lowest val loss; GradInit time is its "
         f"share of GradInit + training. Layouts: 'reference' = a separate encoder embedding, "
         f"the decoder's input and output tied (fairseq's transformer_iwslt_de_en); 'shared' = "
-        f"one matrix for all three (Hugging Face Marian's default). {timing}\n\n{table}\n\n"
+        f"one matrix for all three (Hugging Face Marian's default); 'bart' = BART (learned "
+        f"positions, an embedding LayerNorm, one shared embedding). {timing}\n\n{table}\n\n"
         f"![losses]({name}_losses.png)\n\n![scales]({name}_scales.png)\n"
         + (f"\n{findings}" if findings else "")
     )
