@@ -220,3 +220,18 @@ def test_a_scaled_tied_input_output_tensor_is_warned_about_and_named_in_logs(cap
         none = compute_gradinit_scales(reference, [_batch(9)], config, show_progress=False)
     assert "left it at its init, with no scale (fixed_embeddings" in fixed.tied_notes()[0]
     assert none.tied_notes() == []
+
+
+@pytest.mark.slow
+def test_default_gradinit_does_no_harm_at_a_high_learning_rate(toy):
+    """The 6+6 toy at lr 2e-3 trains without GradInit. With eta = 2x lr (the default until
+    now) GradInit sent every decoder self-attention's value and output projections to the
+    0.01 floor and the model stalled (4.12, one output for all 16 inputs); eta = lr trains."""
+    case, size = "marian-reference-reverse-lr2e-3", dict(steps=150)
+    without = toy.run_one(case, dict(gradinit=False), seed=0, size=size)
+    with_gradinit = toy.run_one(case, dict(gradinit=True), seed=0, size=size)
+    assert without["final_loss"] < 3.0
+    assert with_gradinit["final_loss"] < without["final_loss"] + HARM_MARGIN, (
+        f"GradInit stalled the toy at lr 2e-3: {with_gradinit['final_loss']:.2f} vs "
+        f"{without['final_loss']:.2f} without"
+    )

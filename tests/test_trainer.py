@@ -106,7 +106,8 @@ def test_arguments_follow_optim_and_learning_rate(tmp_path):
     args = GradInitTrainingArguments(output_dir=str(tmp_path), learning_rate=5e-4, use_cpu=True)
     config = args.to_gradinit_config()
     assert args.gradinit is True
-    assert config.eta == pytest.approx(1e-3) and config.inner_optimizer == "adam"
+    # eta = the learning rate: GradInit simulates the step training will take
+    assert config.eta == pytest.approx(5e-4) and config.inner_optimizer == "adam"
     assert (config.iterations, config.scale_lr, config.gamma) == (200, 1e-2, None)
     assert config.seed == args.seed
     sgd = GradInitTrainingArguments(output_dir=str(tmp_path), optim="sgd", learning_rate=0.1)
@@ -148,8 +149,13 @@ def test_reference_recipe_in_one_argument(tmp_path):
         5e-4, seed=args.seed, inner_betas=(0.9, 0.999), trial_lr=5e-4, trial_betas=(0.9, 0.999)
     )
     assert config == expected
-    assert (config.iterations, config.scale_lr, config.eta) == (780, 2.5e-3, 1e-3)
+    assert (config.iterations, config.scale_lr, config.eta) == (780, 2.5e-3, 1e-3)  # 2x lr
     assert (config.gamma, config.gamma_unit) == (2.5e-5, "per_parameter")
+    own = GradInitTrainingArguments(  # a multiplier the user sets wins over the recipe's
+        output_dir=str(tmp_path), learning_rate=5e-4, gradinit_recipe="reference",
+        gradinit_eta_multiplier=3.0,
+    ).to_gradinit_config()  # fmt: skip
+    assert own.eta == pytest.approx(1.5e-3)
     assert config.constraint_moments == "separate"
     # An argument set away from its default wins over the recipe.
     mine = GradInitTrainingArguments(
@@ -183,7 +189,7 @@ def test_forced_mismatches_warn_and_bad_values_raise(tmp_path):
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # consistent settings: no warning
-        GradInitTrainingArguments(output_dir=str(tmp_path), learning_rate=5e-4, gradinit_eta=1e-3)
+        GradInitTrainingArguments(output_dir=str(tmp_path), learning_rate=5e-4, gradinit_eta=5e-4)
 
     with pytest.raises(ValueError, match="gradinit_scale_lr must be a positive"):
         GradInitTrainingArguments(output_dir=str(tmp_path), gradinit_scale_lr=-1.0)
@@ -202,7 +208,7 @@ def test_plain_seq2seq_arguments_get_the_default_gradinit_settings(tmp_path):
     trainer = GradInitTrainer(model=tiny_bart(), args=args, train_dataset=seq2seq_examples(6))
     config = trainer.gradinit_config()
     assert trainer.gradinit_enabled
-    assert (config.eta, config.inner_optimizer, config.iterations) == (6e-4, "sgd", 200)
+    assert (config.eta, config.inner_optimizer, config.iterations) == (3e-4, "sgd", 200)
 
 
 def test_hf_argument_parser_sees_the_gradinit_arguments(tmp_path):
