@@ -265,7 +265,8 @@ def test_cli_init_translation_end_to_end(tmp_path, capsys, monkeypatch):
     card_text = (out / "README.md").read_text()
     assert "### Tied input and output embeddings" in card_text and "`lm_head.weight`" in card_text
     result = load_gradinit_result(out)
-    assert result.config.eta == pytest.approx(1e-3) and result.config.iterations == 3
+    # eta = --learning_rate (the step training will take) and the 3 iterations asked for
+    assert result.config.eta == pytest.approx(5e-4) and result.config.iterations == 3
     reloaded = AutoModelForSeq2SeqLM.from_pretrained(out)
     for name, tensor in reloaded.state_dict().items():  # = the folder's weights x scales
         scale = next(
