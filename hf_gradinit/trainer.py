@@ -92,8 +92,6 @@ def inner_optimizer_for(optim: Any) -> tuple[Literal["adam", "sgd"], bool]:
 
 
 _ETA_MULTIPLIER_DEFAULT = 1.0
-# eta = 2x lr in the reference's IWSLT script (eta 1e-3 for lr 5e-4): the recipe's value.
-REFERENCE_ETA_MULTIPLIER = 2.0
 
 
 @dataclass
@@ -253,7 +251,8 @@ class GradInitArguments:
         """
         multiplier = self.gradinit_eta_multiplier
         if self.gradinit_recipe == "reference" and multiplier == _ETA_MULTIPLIER_DEFAULT:
-            multiplier = REFERENCE_ETA_MULTIPLIER  # the recipe's, unless the user set one
+            # the recipe's eta / lr (2: its IWSLT script), unless the user set a multiplier
+            multiplier = GradInitConfig.reference(learning_rate=1.0).eta
         expected_eta = None if learning_rate is None else multiplier * learning_rate
         if self.gradinit_eta is None:
             if expected_eta is None:
