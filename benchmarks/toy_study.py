@@ -88,6 +88,16 @@ METHODS: dict[str, dict] = {
     ),
     # eta = lr, the step training takes (the CIFAR code): the trainer's default now
     "eta1x": dict(gradinit=True, gradinit_eta_multiplier=1.0),
+    # candidates after eta = lr still stalled the all-shared toy at lr 2e-3 (3 of 3 seeds):
+    # less travel for the scales, a bound at the init's gradient norm, a smaller eta
+    "eta1x_scale_lr2.5e-3": dict(
+        gradinit=True, gradinit_eta_multiplier=1.0, gradinit_scale_lr=2.5e-3
+    ),
+    "eta1x_it50": dict(gradinit=True, gradinit_eta_multiplier=1.0, gradinit_iterations=50),
+    "eta1x_bound_init": dict(
+        gradinit=True, gradinit_eta_multiplier=1.0, gradinit_gamma=1.0, gradinit_gamma_unit="init"
+    ),
+    "eta0.5x": dict(gradinit=True, gradinit_eta_multiplier=0.5),
     # the reference's Post-LN Transformer recipe (GradInitConfig.reference)
     "recipe": dict(gradinit=True, gradinit_recipe="reference"),
     # the defaults with a 4-step lookahead of the real optimizer
