@@ -105,11 +105,34 @@ LAYOUTS = {
 }
 
 
+def gradinit_defaults() -> dict:
+    """The ``gradinit_*`` defaults of ``GradInitTrainingArguments``.
+
+    A GradInit run gets them for every flag it does not pass, so they are part of its cache
+    key and its record: after a default changes, the same flags are a different run.
+    """
+    import dataclasses
+
+    from hf_gradinit.trainer import GradInitArguments
+
+    out = {}
+    for f in dataclasses.fields(GradInitArguments):
+        value = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+        out[f.name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+# The GradInit defaults the trainer had when each earlier set of records was made (records
+# without a "gradinit_defaults" field): eta 2x lr and scale lr 1e-2 until this study's v2.
+_EARLIER_DEFAULTS = {"gradinit_eta_multiplier": 2.0, "gradinit_scale_lr": 1e-2}
+
+
 def grid(args) -> list[dict]:
     """Every run of the study: a name (its record's key) and its run.py arguments."""
     runs = []
     gradinit_args = shlex.split(args.gradinit_args)
-    variant = _hash(gradinit_args)
+    defaults = gradinit_defaults()
+    variant = _hash([gradinit_args, defaults])
     methods: list[tuple[str, str, list[str], dict]] = [
         ("baseline", "baseline", ["--no_gradinit", "--warmup_steps", "0"], {})
     ]
@@ -122,7 +145,7 @@ def grid(args) -> list[dict]:
             "gradinit",
             f"gradinit-{variant}",
             ["--gradinit", "True", "--warmup_steps", "0", *gradinit_args],
-            {"gradinit_args": gradinit_args},
+            {"gradinit_args": gradinit_args, "gradinit_defaults": defaults},
         )
     )
     for name, flags in args.extra_methods:
@@ -152,11 +175,19 @@ def grid(args) -> list[dict]:
 
 
 def label(run: dict) -> str:
-    """The method, with GradInit's non-default settings (variants are told apart)."""
+    """The method, with GradInit's eta multiplier, scale lr and other flags (variants and
+    the defaults of the time are told apart)."""
     if run["method"] != "gradinit":
         return run["method"]
-    extra = " ".join(a.removeprefix("--gradinit_") for a in run.get("gradinit_args", []))
-    return f"gradinit ({extra})" if extra else "gradinit (defaults)"
+    defaults = {**gradinit_defaults(), **run.get("gradinit_defaults", _EARLIER_DEFAULTS)}
+    flags = run.get("gradinit_args", [])
+    given = dict(zip(flags[::2], flags[1::2]))
+    parts = [
+        f"{name} {given.pop(f'--gradinit_{name}', defaults[f'gradinit_{name}'])}"
+        for name in ("eta_multiplier", "scale_lr")
+    ]
+    parts += [f"{k.removeprefix('--gradinit_')} {v}" for k, v in given.items()]
+    return f"gradinit ({', '.join(parts)})"
 
 
 # --------------------------------------------------------------------------------------
