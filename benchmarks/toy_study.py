@@ -248,14 +248,14 @@ def run_one(
             dataloader_num_workers=0,
             **method,
         )
+        radam = (torch.optim.RAdam, dict(lr=spec["lr"], betas=(args.adam_beta1, args.adam_beta2)))
         trainer = GradInitTrainer(
-            model=model, args=args, train_dataset=train, data_collator=default_data_collator
+            model=model,
+            args=args,
+            train_dataset=train,
+            data_collator=default_data_collator,
+            optimizer_cls_and_kwargs=radam if optimizer == "radam" else None,
         )
-        if optimizer == "radam":  # read by Trainer.create_optimizer
-            trainer.optimizer_cls_and_kwargs = (
-                torch.optim.RAdam,
-                dict(lr=spec["lr"], betas=(args.adam_beta1, args.adam_beta2)),
-            )
         trainer.remove_callback(PrinterCallback)  # a line per step otherwise
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -522,12 +522,26 @@ class GradInitTrainer(Seq2SeqTrainer):
     :class:`GradInitTrainingArguments` (plain ``Seq2SeqTrainingArguments`` get the default
     GradInit settings). After ``train()``, ``trainer.gradinit_result`` holds the
     :class:`~hf_gradinit.GradInitResult` (None if GradInit did not run or is off).
+
+    ``optimizer_cls_and_kwargs`` (``Trainer``'s, which ``Seq2SeqTrainer`` does not pass on)
+    trains with another ``torch.optim`` class, e.g. ``(torch.optim.RAdam, {"lr": 1e-3})``.
+    GradInit still simulates the optimizer that ``optim`` implies (Adam unless SGD), so
+    pair such a class with ``gradinit=False`` unless its first step is Adam's or SGD's.
     """
 
-    def __init__(self, model: Any = None, args: Any = None, *more: Any, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        model: Any = None,
+        args: Any = None,
+        *more: Any,
+        optimizer_cls_and_kwargs: tuple[type[torch.optim.Optimizer], dict[str, Any]] | None = None,
+        **kwargs: Any,
+    ) -> None:
         if args is None:
             args = GradInitTrainingArguments(output_dir="tmp_trainer")
         super().__init__(model, args, *more, **kwargs)
+        if optimizer_cls_and_kwargs is not None:  # what Trainer.create_optimizer reads
+            self.optimizer_cls_and_kwargs = optimizer_cls_and_kwargs
         # DataCollatorForSeq2Seq(model=fsmt) would score label padding; see hf_gradinit.data.
         self.data_collator = label_safe_collator(self.data_collator)
         if self.gradinit_enabled:

@@ -512,3 +512,22 @@ def test_gradinit_with_sgd_momentum_warns(tmp_path, optim, optim_args, warned):
     assert bool(messages) == warned
     if warned:
         assert "--no_gradinit" in messages[0] and "plain SGD step" in messages[0]
+
+
+def test_optimizer_cls_and_kwargs_is_the_optimizer_that_trains(tmp_path):
+    """Seq2SeqTrainer.__init__ drops Trainer's optimizer_cls_and_kwargs; GradInitTrainer
+    takes it, so another torch.optim class (RAdam here) is what create_optimizer builds."""
+    args = _args(tmp_path, gradinit=False, learning_rate=3e-4, adam_beta2=0.98)
+    radam = (torch.optim.RAdam, {"lr": 3e-4, "betas": (0.9, 0.98)})
+    trainer = GradInitTrainer(
+        model=tiny_marian(),
+        args=args,
+        train_dataset=seq2seq_examples(12),
+        optimizer_cls_and_kwargs=radam,
+    )
+    optimizer = trainer.create_optimizer()
+    optimizer = getattr(optimizer, "optimizer", optimizer)  # an accelerate wrapper, if any
+    assert isinstance(optimizer, torch.optim.RAdam)
+    assert optimizer.param_groups[0]["betas"] == (0.9, 0.98)
+    plain = GradInitTrainer(model=tiny_marian(), args=args, train_dataset=seq2seq_examples(12))
+    assert not isinstance(plain.create_optimizer(), torch.optim.RAdam)

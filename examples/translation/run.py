@@ -1073,10 +1073,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             tokenizer, model.config.decoder_start_token_id, 8 if use_fp else None
         ),
         compute_metrics=bleu if training_args.predict_with_generate else None,
+        optimizer_cls_and_kwargs=training_args.optimizer_cls_and_kwargs(),
     )
-    # Seq2SeqTrainer.__init__ does not take Trainer's optimizer_cls_and_kwargs; the attribute
-    # is what Trainer.create_optimizer reads.
-    trainer.optimizer_cls_and_kwargs = training_args.optimizer_cls_and_kwargs()
     results: dict[str, Any] = {}
 
     # ---- GradInit + training ------------------------------------------------------------
