@@ -93,6 +93,7 @@ METHODS: dict[str, dict] = {
     "eta1x_scale_lr2.5e-3": dict(
         gradinit=True, gradinit_eta_multiplier=1.0, gradinit_scale_lr=2.5e-3
     ),
+    "eta1x_scale_lr5e-3": dict(gradinit=True, gradinit_eta_multiplier=1.0, gradinit_scale_lr=5e-3),
     "eta1x_it50": dict(gradinit=True, gradinit_eta_multiplier=1.0, gradinit_iterations=50),
     "eta1x_bound_init": dict(
         gradinit=True, gradinit_eta_multiplier=1.0, gradinit_gamma=1.0, gradinit_gamma_unit="init"
