@@ -108,7 +108,7 @@ def test_arguments_follow_optim_and_learning_rate(tmp_path):
     assert args.gradinit is True
     # eta = the learning rate: GradInit simulates the step training will take
     assert config.eta == pytest.approx(5e-4) and config.inner_optimizer == "adam"
-    assert (config.iterations, config.scale_lr, config.gamma) == (200, 1e-2, None)
+    assert (config.iterations, config.scale_lr, config.gamma) == (200, 2.5e-3, None)
     assert config.seed == args.seed
     sgd = GradInitTrainingArguments(output_dir=str(tmp_path), optim="sgd", learning_rate=0.1)
     assert sgd.to_gradinit_config().inner_optimizer == "sgd"
