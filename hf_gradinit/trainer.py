@@ -91,6 +91,32 @@ def inner_optimizer_for(optim: Any) -> tuple[Literal["adam", "sgd"], bool]:
     return "adam", False
 
 
+def sgd_step_factor(optim_args: str | None) -> float:
+    """How much larger than ``lr * g`` the steady steps of ``torch.optim.SGD`` with these
+    ``optim_args`` (transformers' ``"momentum=0.9,dampening=0"`` string) are.
+
+    SGD with momentum m steps ``lr * v`` with ``v = m * v + (1 - dampening) * g``: for a
+    steady gradient ``v`` tends to ``(1 - dampening) / (1 - m) * g`` (10x for m = 0.9, with or
+    without Nesterov). GradInit simulates a step of that size, not the first step ``lr * g``:
+    on the shipped corpus (SGD, momentum 0.9, lr 0.1) eta = lr stalled a model that trains
+    without GradInit, while eta = 10 x lr matched plain SGD on both seeds measured (README,
+    Results). Returns 1.0 without momentum, or for values that cannot be read (the
+    optimizer then reports them itself).
+    """
+    values = {}
+    for pair in (optim_args or "").replace(" ", "").split(","):
+        key, _, value = pair.partition("=")
+        values[key] = value
+    try:
+        momentum = float(values.get("momentum") or 0.0)
+        dampening = float(values.get("dampening") or 0.0)
+    except ValueError:
+        return 1.0
+    if not 0 < momentum < 1 or not 0 <= dampening <= 1:
+        return 1.0
+    return (1 - dampening) / (1 - momentum)
+
+
 _ETA_MULTIPLIER_DEFAULT = 1.0
 
 
@@ -129,7 +155,8 @@ class GradInitArguments:
             "script used 2.0 (eta 1e-3 for lr 5e-4; --gradinit_recipe reference keeps it); "
             "with 2.0 the defaults stalled toy Post-LN models at lr 2e-3 that train without "
             "GradInit, and lost to no GradInit on 1 of 5 seeds of the translation example "
-            "(README, Results)."
+            "(README, Results). With SGD momentum m (optim_args) eta is also multiplied by "
+            "1 / (1 - m), the size of momentum's steady steps (see sgd_step_factor)."
         },
     )
     gradinit_eta: float | None = field(
@@ -248,18 +275,26 @@ class GradInitArguments:
         betas: tuple[float, float] | None = None,
         eps: float | None = None,
         warn: bool = True,
+        step_factor: float = 1.0,
     ) -> GradInitConfig:
         """The :class:`GradInitConfig` for a run that trains with ``optim`` at ``learning_rate``.
 
-        eta = ``gradinit_eta`` or ``gradinit_eta_multiplier * learning_rate``; the inner
-        optimizer = ``gradinit_inner_optimizer`` or the one ``optim`` implies. Values forced
-        against the run's optimizer are kept, with a warning (``warn``). ``betas`` and
-        ``eps`` (the run's Adam settings) are those of the simulated lookahead steps.
+        eta = ``gradinit_eta`` or ``gradinit_eta_multiplier * learning_rate`` (times
+        ``step_factor`` when the inner optimizer is SGD: see :func:`sgd_step_factor`);
+        the inner optimizer = ``gradinit_inner_optimizer`` or the one ``optim`` implies.
+        Values forced against the run's optimizer are kept, with a warning (``warn``).
+        ``betas`` and ``eps`` (the run's Adam settings) are those of the simulated lookahead
+        steps.
         """
         multiplier = self.gradinit_eta_multiplier
         if self.gradinit_recipe == "reference" and multiplier == _ETA_MULTIPLIER_DEFAULT:
             # the recipe's eta / lr (2: its IWSLT script), unless the user set a multiplier
             multiplier = GradInitConfig.reference(learning_rate=1.0).eta
+        inner = self.gradinit_inner_optimizer
+        if inner is None and optim is not None:
+            inner = inner_optimizer_for(optim)[0]
+        if inner == "sgd":
+            multiplier *= step_factor
         expected_eta = None if learning_rate is None else multiplier * learning_rate
         if self.gradinit_eta is None:
             if expected_eta is None:
@@ -276,10 +311,10 @@ class GradInitArguments:
                 and not math.isclose(eta, expected_eta, rel_tol=1e-6)
             ):
                 warnings.warn(
-                    f"gradinit_eta={eta:g} is not gradinit_eta_multiplier x learning_rate = "
-                    f"{multiplier:g} x {learning_rate:g} = {expected_eta:g}: "
-                    "GradInit will tune the init for a first step of another size than training "
-                    "takes. Set gradinit_eta_multiplier instead to keep them tied.",
+                    f"gradinit_eta={eta:g} is not the step this run takes, {multiplier:g} x "
+                    f"learning_rate {learning_rate:g} = {expected_eta:g}: GradInit will tune the "
+                    "init for a step of another size than training takes. Set "
+                    "gradinit_eta_multiplier instead to keep them tied.",
                     UserWarning,
                     stacklevel=3,
                 )
@@ -372,9 +407,11 @@ class GradInitTrainingArguments(GradInitArguments, Seq2SeqTrainingArguments):
         betas: tuple[float, float] | None = None,
         eps: float | None = None,
         warn: bool = True,
+        step_factor: float | None = None,
     ) -> GradInitConfig:
         """The :class:`GradInitConfig` of this run (eta and inner optimizer follow
-        ``learning_rate`` and ``optim`` unless set)."""
+        ``learning_rate``, ``optim`` and, for SGD, the momentum in ``optim_args``, unless
+        set)."""
         lr = self.learning_rate if learning_rate is None else learning_rate
         config = super().to_gradinit_config(
             learning_rate=lr,
@@ -383,6 +420,7 @@ class GradInitTrainingArguments(GradInitArguments, Seq2SeqTrainingArguments):
             betas=(self.adam_beta1, self.adam_beta2) if betas is None else betas,
             eps=self.adam_epsilon if eps is None else eps,
             warn=warn,
+            step_factor=sgd_step_factor(self.optim_args) if step_factor is None else step_factor,
         )
         # The guard's trial trains as this run does.
         return dataclasses.replace(
@@ -576,32 +614,11 @@ class GradInitTrainer(Seq2SeqTrainer):
         learning rate and optimizer; hyperparameter search may have changed them)."""
         source = self.args if isinstance(self.args, GradInitArguments) else GradInitArguments()
         return source.to_gradinit_config(
-            learning_rate=self.args.learning_rate, optim=self.args.optim, seed=self.args.seed
+            learning_rate=self.args.learning_rate,
+            optim=self.args.optim,
+            seed=self.args.seed,
+            step_factor=sgd_step_factor(getattr(self.args, "optim_args", None)),
         )
-
-    def _warn_sgd_momentum(self, config: GradInitConfig) -> None:
-        """GradInit simulates one plain SGD step; momentum makes the next ones larger. On a
-        Post-LN Transformer that trained with SGD (momentum 0.9, lr 0.1) GradInit stalled it
-        in every SGD setting tried (benchmarks/results/no_warmup_study.md), so say so."""
-        if config.inner_optimizer != "sgd":
-            return
-        pairs = (kv.split("=", 1) for kv in (self.args.optim_args or "").split(",") if "=" in kv)
-        momentum = {k.strip(): v.strip() for k, v in pairs}.get("momentum", "0")
-        try:
-            momentum_value = float(momentum)
-        except ValueError:
-            return
-        if momentum_value > 0:
-            warnings.warn(
-                f"GradInit with SGD momentum {momentum_value:g}: GradInit tunes the init for one "
-                "plain SGD step, and momentum makes the steps after it up to "
-                f"{1 / (1 - momentum_value) if momentum_value < 1 else float('inf'):.0f}x "
-                "larger. On a Post-LN Transformer trained with SGD (momentum 0.9) GradInit "
-                "made training worse in every setting measured (README, Results). Compare "
-                "with --no_gradinit before relying on it.",
-                UserWarning,
-                stacklevel=3,
-            )
 
     def gradinit_loss_fn(self) -> LossFn | None:
         """The loss GradInit optimizes: the model's own, or the trainer's label-smoothed one
@@ -696,7 +713,15 @@ class GradInitTrainer(Seq2SeqTrainer):
                 "would compound the scales. Train it as it is."
             )
         config = self.gradinit_config()
-        self._warn_sgd_momentum(config)
+        factor = sgd_step_factor(getattr(self.args, "optim_args", None))
+        if config.inner_optimizer == "sgd" and factor != 1.0:
+            logger.info(
+                "GradInit: SGD momentum (optim_args %r): eta = %g, the size of momentum's "
+                "steady steps (%g x the first)",
+                self.args.optim_args,
+                config.eta,
+                factor,
+            )
         loader = self._gradinit_dataloader()
         logger.info(
             "Running GradInit: %d iterations, inner optimizer %s, eta %g",

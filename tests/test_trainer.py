@@ -34,6 +34,7 @@ from hf_gradinit.trainer import (
     GradInitArguments,
     default_logging_steps,
     inner_optimizer_for,
+    sgd_step_factor,
 )
 
 COMMON = dict(
@@ -493,25 +494,63 @@ def test_gradinit_optimizes_the_trainers_label_smoothed_loss(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("optim", "optim_args", "warned"),
+    ("optim_args", "factor"),
     [
-        ("sgd", "momentum=0.9", True),
-        ("sgd", "nesterov=True, momentum = 0.5", True),
-        ("sgd", None, False),
-        ("sgd", "momentum=0", False),
-        ("adamw_torch", "momentum=0.9", False),  # not an SGD step: nothing to say
+        ("momentum=0.9", 10.0),
+        ("nesterov=True, momentum = 0.5", 2.0),
+        ("momentum=0.9,dampening=0.5", 5.0),
+        (None, 1.0),
+        ("momentum=0", 1.0),
+        ("momentum=abc", 1.0),  # unreadable: torch's SGD will say so itself
     ],
 )
-def test_gradinit_with_sgd_momentum_warns(tmp_path, optim, optim_args, warned):
-    args = _args(tmp_path, optim=optim, optim_args=optim_args, gradinit_iterations=1)
-    trainer = GradInitTrainer(model=tiny_marian(), args=args, train_dataset=seq2seq_examples(12))
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        trainer.run_gradinit()
-    messages = [str(w.message) for w in caught if "momentum" in str(w.message)]
-    assert bool(messages) == warned
-    if warned:
-        assert "--no_gradinit" in messages[0] and "plain SGD step" in messages[0]
+def test_sgd_step_factor_is_the_steady_step_of_torch_sgd(optim_args, factor):
+    """Checked against torch.optim.SGD itself: under a constant gradient, its step settles
+    at factor x lr x g."""
+    assert sgd_step_factor(optim_args) == pytest.approx(factor)
+    if factor == 1.0 and optim_args:
+        return
+    kwargs = {
+        k.strip(): (v.strip() == "True" if k.strip() == "nesterov" else float(v))
+        for k, v in (kv.split("=") for kv in (optim_args or "").split(",") if kv)
+    }
+    p = torch.nn.Parameter(torch.zeros(()))
+    opt = torch.optim.SGD([p], lr=0.1, **kwargs)
+    for _ in range(300):
+        before = p.detach().clone()
+        p.grad = torch.ones(())
+        opt.step()
+    assert float(before - p.detach()) == pytest.approx(factor * 0.1, rel=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("optim", "optim_args", "inner", "eta"),
+    [
+        ("sgd", "momentum=0.9", None, 1.0),  # lr 0.1 / (1 - 0.9)
+        ("sgd", None, None, 0.1),
+        ("sgd", "momentum=0.9", "adam", 0.1),  # a forced sign step: no momentum factor
+        ("adamw_torch", "momentum=0.9", None, 0.1),  # not an SGD step
+    ],
+)
+def test_eta_with_sgd_momentum_is_the_steady_step(tmp_path, optim, optim_args, inner, eta):
+    forced = pytest.warns(UserWarning, match="contradicts") if inner else warnings.catch_warnings()
+    with forced:
+        args = _args(
+            tmp_path, optim=optim, optim_args=optim_args, learning_rate=0.1,
+            gradinit_inner_optimizer=inner,
+        )  # fmt: skip
+    assert args.to_gradinit_config(warn=False).eta == pytest.approx(eta)
+    if inner is not None:  # forcing the inner optimizer against optim is warned about
+        return
+    # the trainer gets the same eta, also from plain Seq2SeqTrainingArguments
+    trainer = GradInitTrainer(model=tiny_marian(), args=args, train_dataset=seq2seq_examples(6))
+    assert trainer.gradinit_config().eta == pytest.approx(eta)
+    plain = Seq2SeqTrainingArguments(
+        output_dir=str(tmp_path / "plain"), optim=optim, optim_args=optim_args,
+        learning_rate=0.1, report_to="none", use_cpu=True,
+    )  # fmt: skip
+    trainer = GradInitTrainer(model=tiny_marian(), args=plain, train_dataset=seq2seq_examples(6))
+    assert trainer.gradinit_config().eta == pytest.approx(eta)
 
 
 def test_optimizer_cls_and_kwargs_is_the_optimizer_that_trains(tmp_path):
