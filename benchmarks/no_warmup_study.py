@@ -289,10 +289,19 @@ def unigram_loss(tokenizer_folder: Path) -> float:
 
 
 def final_loss(run: dict, steps: int) -> float:
+    """Mean training loss of the last FINAL_WINDOW steps; NaN for a run that diverged (the
+    Trainer logs 0.0 for a window of NaN losses, so a NaN validation loss decides)."""
     losses = [loss for step, loss in run["losses"] if step > steps - FINAL_WINDOW]
-    if not losses or not all(math.isfinite(x) for x in losses):
+    diverged = not math.isfinite(run.get("eval_loss", 0.0))
+    if diverged or not losses or not all(math.isfinite(x) for x in losses):
         return float("nan")
     return statistics.mean(losses)
+
+
+def _stalled(final: float, stall: float) -> str:
+    if not math.isfinite(final):
+        return "diverged"
+    return "no" if final < stall - STALL_MARGIN else "yes"
 
 
 # --------------------------------------------------------------------------------------
@@ -345,7 +354,7 @@ def summarize(results: list[dict], steps: int, stall: float) -> str:
                 + " | "
                 + ", ".join(f"{r['eval_bleu']:.1f}" for r in rs)
                 + " | "
-                + ", ".join("yes" if not x < stall - STALL_MARGIN else "no" for x in finals)
+                + ", ".join(_stalled(x, stall) for x in finals)
                 + f" | {share} |"
             )
     return "\n".join(lines)

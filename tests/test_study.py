@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -111,7 +112,8 @@ def test_bleu_table_gives_mean_range_and_seeds_of_runs_with_a_test_set(study):
     assert len(rows) == 1
     cells = [c.strip() for c in rows[0].split("|")[1:-1]]
     assert cells[3:] == [
-        "gradinit (iterations 200)",
+        # records made before the study kept the trainer's defaults: eta 2x lr, scale lr 1e-2
+        "gradinit (eta_multiplier 2.0, scale_lr 0.01, iterations 200)",
         "3",
         "10.5",
         "9.0-12.0",
@@ -119,3 +121,32 @@ def test_bleu_table_gives_mean_range_and_seeds_of_runs_with_a_test_set(study):
         "6.10",
     ]
     assert study.bleu_table(results[3:]) == ""
+
+
+def test_a_gradinit_run_is_keyed_and_labelled_by_the_trainers_defaults(study, monkeypatch):
+    """Its flags do not name every setting, so the trainer's defaults are part of its
+    cache key: after a default changes, the same flags are a new run, not a cached one."""
+    args = study.parse_args(["--lrs", "1e-3", "--beta2s", "0.98", "--methods", "gradinit"])
+    args.warmups = []
+    (before,) = study.grid(args)
+    defaults = study.gradinit_defaults()
+    assert before["gradinit_defaults"] == defaults
+    assert study.label(before) == (
+        f"gradinit (eta_multiplier {defaults['gradinit_eta_multiplier']}, scale_lr "
+        f"{defaults['gradinit_scale_lr']}, iterations 200)"
+    )
+    changed = {**defaults, "gradinit_scale_lr": 0.5}
+    monkeypatch.setattr(study, "gradinit_defaults", lambda: changed)
+    (after,) = study.grid(args)
+    assert after["name"] != before["name"] and after["flags"] == before["flags"]
+    assert "scale_lr 0.5" in study.label(after)
+    flagged = {**after, "gradinit_args": ["--gradinit_scale_lr", "0.1"]}
+    assert "scale_lr 0.1" in study.label(flagged)  # a flag wins over the default
+
+
+def test_a_diverged_run_is_marked_diverged_not_stalled(study):
+    """The Trainer logs 0.0 for a window of NaN losses; the NaN validation loss tells."""
+    diverged = _run("baseline", 0.0, float("nan"))
+    assert math.isnan(study.final_loss(diverged, 700))
+    (row,) = study.summarize([diverged], steps=700, stall=6.45).splitlines()[2:]
+    assert row.split("|")[9].strip() == "diverged"
