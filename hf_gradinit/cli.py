@@ -29,7 +29,7 @@ from typing import Any
 
 from .config import GradInitError
 from .hub import PushError
-from .trainer import GradInitArguments
+from .trainer import GradInitArguments, sgd_step_factor
 
 DEFAULT_BATCH_SIZE = 24
 _WEIGHT_FILES = (
@@ -68,6 +68,13 @@ class InitArguments:
     optim: str = field(
         default="adamw_torch",
         metadata={"help": "The optimizer you will train with (a TrainingArguments `optim`)."},
+    )
+    optim_args: str | None = field(
+        default=None,
+        metadata={
+            "help": "The `optim_args` you will train with (e.g. 'momentum=0.9' for SGD: eta is "
+            "then lr / (1 - momentum), the size of momentum's steady steps)."
+        },
     )
     seed: int = field(default=42, metadata={"help": "Seed of the random init and of GradInit."})
     source_lang: str | None = field(
@@ -326,7 +333,12 @@ def run_init(a: InitArguments, g: GradInitArguments) -> Path:
         features = classification_features(records, tokenizer, model.config, a)
         collator = DataCollatorWithPadding(tokenizer)
         language = None
-    config = g.to_gradinit_config(learning_rate=a.learning_rate, optim=a.optim, seed=a.seed)
+    config = g.to_gradinit_config(
+        learning_rate=a.learning_rate,
+        optim=a.optim,
+        seed=a.seed,
+        step_factor=sgd_step_factor(a.optim_args),
+    )
     result = apply_gradinit(
         model,
         features,

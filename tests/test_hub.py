@@ -341,6 +341,8 @@ def test_cli_init_text_label_classifier(tmp_path):
             data,
             "--optim",
             "sgd",
+            "--optim_args",
+            "momentum=0.5",
             "--learning_rate",
             "0.1",
             "--output_dir",
@@ -355,6 +357,7 @@ def test_cli_init_text_label_classifier(tmp_path):
     assert status == 0
     result = load_gradinit_result(tmp_path / "out")
     assert result.config.inner_optimizer == "sgd"
+    assert result.config.eta == pytest.approx(0.2)  # momentum's steady step: 0.1 / (1 - 0.5)
     card = ModelCard.load(tmp_path / "out" / "README.md")
     assert card.data.pipeline_tag == "text-classification"
 
