@@ -302,7 +302,7 @@ def make_model_card(
     training = [f"`{optim}`" if optim else "", f"lr {_fmt(learning_rate)}" if learning_rate else ""]
     training = ", ".join(t for t in training if t)
     tuned_for = (
-        f"the `{result.config.inner_optimizer}` first step with eta {_fmt(result.config.eta)}"
+        f"a simulated `{result.config.inner_optimizer}` step with eta {_fmt(result.config.eta)}"
     )
     tuned_for += f" (training with {training})" if training else ""
     outcome = [
