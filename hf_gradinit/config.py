@@ -42,7 +42,9 @@ class GradInitConfig:
         default=1e-3,
         metadata={
             "help": "Learning rate of the simulated step. Set it from the training learning "
-            "rate: the reference IWSLT script uses 2x the training lr (1e-3 for lr 5e-4)."
+            "rate: the step training takes (for SGD with momentum m, lr / (1 - m), the size "
+            "of its steady steps; see trainer.sgd_step_factor). The reference IWSLT script "
+            "uses 2x the training lr (1e-3 for lr 5e-4)."
         },
     )
     normalize_sgd_grad: bool = field(
