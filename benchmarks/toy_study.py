@@ -103,6 +103,13 @@ METHODS: dict[str, dict] = {
     "recipe": dict(gradinit=True, gradinit_recipe="reference"),
     # the defaults with a 4-step lookahead of the real optimizer
     "lookahead4": dict(gradinit=True, gradinit_eta_multiplier=2.0, gradinit_lookahead_steps=4),
+    # the defaults now (eta = lr, scale lr 2.5e-3) with a 4-step lookahead
+    "lookahead4_now": dict(
+        gradinit=True,
+        gradinit_eta_multiplier=1.0,
+        gradinit_scale_lr=2.5e-3,
+        gradinit_lookahead_steps=4,
+    ),
     # what users pick instead: a Pre-LN model (mBART's layout), RAdam; both without GradInit.
     # Keys starting with "_" are this script's, not GradInitTrainingArguments'.
     "preln": dict(gradinit=False, _model="mbart"),
