@@ -291,8 +291,26 @@ class GradInitArguments:
             # the recipe's eta / lr (2: its IWSLT script), unless the user set a multiplier
             multiplier = GradInitConfig.reference(learning_rate=1.0).eta
         inner = self.gradinit_inner_optimizer
-        if inner is None and optim is not None:
-            inner = inner_optimizer_for(optim)[0]
+        if optim is not None:
+            implied, known = inner_optimizer_for(optim)
+            optim_name = str(getattr(optim, "value", optim))
+            if inner is None:
+                inner = implied
+                if warn and not known:
+                    warnings.warn(
+                        f"GradInit cannot tell the first step of optim={optim_name!r}; it "
+                        "simulates an Adam-like sign step. Set gradinit_inner_optimizer.",
+                        UserWarning,
+                        stacklevel=3,
+                    )
+            elif warn and known and inner != implied:
+                warnings.warn(
+                    f"gradinit_inner_optimizer={inner!r} contradicts optim={optim_name!r} (whose "
+                    f"first step GradInit would simulate as {implied!r}); GradInit will tune the "
+                    "init for an optimizer that training does not use.",
+                    UserWarning,
+                    stacklevel=3,
+                )
         if inner == "sgd":
             multiplier *= step_factor
         expected_eta = None if learning_rate is None else multiplier * learning_rate
@@ -315,27 +333,6 @@ class GradInitArguments:
                     f"learning_rate {learning_rate:g} = {expected_eta:g}: GradInit will tune the "
                     "init for a step of another size than training takes. Set "
                     "gradinit_eta_multiplier instead to keep them tied.",
-                    UserWarning,
-                    stacklevel=3,
-                )
-        inner = self.gradinit_inner_optimizer
-        if optim is not None:
-            implied, known = inner_optimizer_for(optim)
-            optim_name = str(getattr(optim, "value", optim))
-            if inner is None:
-                inner = implied
-                if warn and not known:
-                    warnings.warn(
-                        f"GradInit cannot tell the first step of optim={optim_name!r}; it "
-                        "simulates an Adam-like sign step. Set gradinit_inner_optimizer.",
-                        UserWarning,
-                        stacklevel=3,
-                    )
-            elif warn and known and inner != implied:
-                warnings.warn(
-                    f"gradinit_inner_optimizer={inner!r} contradicts optim={optim_name!r} (whose "
-                    f"first step GradInit would simulate as {implied!r}); GradInit will tune the "
-                    "init for an optimizer that training does not use.",
                     UserWarning,
                     stacklevel=3,
                 )
