@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .arguments import GradInitArguments
 from .config import GradInitError
 from .hub import PushError
-from .trainer import GradInitArguments, sgd_step_factor
 
 DEFAULT_BATCH_SIZE = 24
 _WEIGHT_FILES = (
@@ -287,7 +287,7 @@ def run_init(a: InitArguments, g: GradInitArguments) -> Path:
     from accelerate import PartialState
     from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding
 
-    from .gradinit import apply_gradinit
+    from .api import apply_gradinit
     from .hub import check_push_target, default_repo_id, save_initialized_checkpoint
     from .record import is_initialized
 
@@ -334,10 +334,7 @@ def run_init(a: InitArguments, g: GradInitArguments) -> Path:
         collator = DataCollatorWithPadding(tokenizer)
         language = None
     config = g.to_gradinit_config(
-        learning_rate=a.learning_rate,
-        optim=a.optim,
-        seed=a.seed,
-        step_factor=sgd_step_factor(a.optim_args),
+        learning_rate=a.learning_rate, optim=a.optim, seed=a.seed, optim_args=a.optim_args
     )
     result = apply_gradinit(
         model,

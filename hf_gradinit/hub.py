@@ -29,17 +29,16 @@ from typing import Any
 from huggingface_hub import ModelCard, ModelCardData
 
 from .config import GradInitError
-from .gradinit import GradInitResult
 from .record import (  # noqa: F401 - re-exported: hub is where users look for them
     CONFIG_KEY,
     SCALES_FILE,
-    gradinit_config_entry,
     initialization_state,
     is_initialized,
     record_in_config,
     same_run,
     stale_message,
 )
+from .result import GradInitResult
 
 logger = logging.getLogger(__name__)
 
@@ -220,6 +219,9 @@ def _as_list(value: str | Sequence[str] | None) -> list[str]:
     return [value] if isinstance(value, str) else [v for v in value if v]
 
 
+TEMPLATE = Path(__file__).resolve().parent / "templates" / "model_card.md"
+
+
 def make_model_card(
     result: GradInitResult,
     *,
@@ -242,16 +244,13 @@ def make_model_card(
     learning_rate: float | None = None,
     data_description: str | None = None,
 ) -> ModelCard:
-    """A model card for a GradInit-initialized (and possibly trained) model.
+    """A model card for a GradInit-initialized (and possibly trained) model, rendered from
+    ``templates/model_card.md`` with ``huggingface_hub.ModelCard.from_template``.
 
-    Written by this project rather than Trainer's template, which for a model built from a
-    config says "fine-tuned version of []()". With ``plot_file`` None the card gives
-    ``plot_note`` (why there is no plot) instead of linking a missing image.
+    It says whether the learned scales were applied or the probe kept the original init,
+    and why. With ``plot_file`` None the card gives ``plot_note`` instead of an image.
     """
-    card_tags = [TAG]
-    for t in _as_list(tags):
-        if t not in card_tags:
-            card_tags.append(t)
+    card_tags = [TAG] + [t for t in dict.fromkeys(_as_list(tags)) if t != TAG]
     data = ModelCardData(
         library_name="transformers",
         tags=card_tags,
@@ -261,96 +260,98 @@ def make_model_card(
         base_model=base_model or None,
         pipeline_tag=pipeline_tag,
     )
-    summary = result.summary()
-    cls = model_class or "AutoModel"
-    source = repo_id or model_name
-    if trained:
-        intro = (
-            f"This model was trained with `hf_gradinit.GradInitTrainer` from an initialization "
-            f"learned by [GradInit]({PAPER}) (Zhu et al., NeurIPS 2021)"
+    training = ", ".join(
+        t
+        for t in (
+            f"`{optim}`" if optim else "",
+            f"lr {_fmt(learning_rate)}" if learning_rate else "",
         )
-        intro += f", starting from `{base_model}`." if base_model else ", from scratch."
-    else:
-        intro = (
-            f"This checkpoint is **not trained**: it is the random initialization of a `{cls}` "
-            f"rescaled by [GradInit]({PAPER}) (Zhu et al., NeurIPS 2021), to be used as the "
-            "starting point of training. GradInit learns one positive scale per parameter "
-            "tensor so that one step of the training optimizer lowers the loss as much as "
-            "possible while the gradient norm stays bounded."
-        )
-    if data_description:
-        intro += f" Data: {data_description}."
-    elif _as_list(datasets):
-        intro += " Data: " + ", ".join(f"`{d}`" for d in _as_list(datasets)) + "."
-
-    parts = [f"# {model_name}\n", intro + "\n"]
-    parts.append("## How to use\n")
-    parts.append(
-        "```python\n"
-        f"from transformers import {cls}\n\n"
-        f'model = {cls}.from_pretrained("{source}")\n'
-        "print(model.config.gradinit['summary'])  # how the weights were initialized\n"
-        "```\n"
+        if t
     )
-    parts.append(
-        "The scales are already multiplied into the weights; `gradinit_scales.json` keeps them "
-        "(with the settings and the per-iteration history) and "
-        "`hf_gradinit.load_gradinit_result` reads it back. `GradInitTrainer` sees that "
-        "`config.gradinit` matches the weights and does not rescale them.\n"
-    )
-    parts.append("## GradInit\n")
-    training = [f"`{optim}`" if optim else "", f"lr {_fmt(learning_rate)}" if learning_rate else ""]
-    training = ", ".join(t for t in training if t)
     tuned_for = (
         f"a simulated `{result.config.inner_optimizer}` step with eta {_fmt(result.config.eta)}"
     )
     tuned_for += f" (training with {training})" if training else ""
-    outcome = [
-        f"- tuned for {tuned_for}; an init is specific to the optimizer and learning rate",
-        f"- scaled tensors: {summary['num_scales']}, scales from {_fmt(summary['scale_min'])} "
-        f"to {_fmt(summary['scale_max'])}",
-        f"- iterations: {summary['iterations']} ({summary['constraint_iterations']} spent "
-        f"lowering the gradient norm, {summary['skipped_iterations']} skipped)",
-        f"- gradient {result.config.norm_type} norm: {_fmt(summary['initial_grad_norm'])} at the "
-        f"original init, {_fmt(summary['final_grad_norm'])} at the last iteration"
-        + (f" (bound {_fmt(summary['gamma_value'])})" if summary["gamma_value"] else ""),
-        f"- loss after the simulated optimizer step: {_fmt(summary['first_loss_after_step'])} "
-        f"(first iteration) -> {_fmt(summary['last_loss_after_step'])} (last)",
-        f"- runtime: {_fmt(summary['runtime_s'])} s on {summary['num_processes']} process(es)",
-    ]
-    parts.append("\n".join(outcome) + "\n")
-    if result.tied:
-        parts.append("### Tied input and output embeddings\n")
-        parts.append("\n".join(f"- {note}" for note in result.tied_notes()) + "\n")
-    parts.append("### Settings\n")
-    parts.append(settings_table(result))
-    if plot_file:
-        parts.append(f"![GradInit scales and losses]({plot_file})\n")
-    else:
-        parts.append(f"_Plot skipped: {plot_note}._\n")
-    parts.append("### Scales by layer\n")
-    parts.append(scales_table(result))
-    if eval_results:
-        parts.append("## Evaluation\n")
-        parts.append("\n".join(f"- {k}: {_fmt(v)}" for k, v in eval_results.items()) + "\n")
-    if trained and (training_hyperparameters or training_results):
-        parts.append("## Training\n")
-        if training_hyperparameters:
-            parts.append("Hyperparameters:\n")
-            parts.append(
-                "\n".join(f"- {k}: {_fmt(v)}" for k, v in training_hyperparameters.items()) + "\n"
-            )
-        if training_results:
-            header = list(training_results[0])
-            rows = [[_fmt(r.get(h)) for h in header] for r in training_results]
-            parts.append("Results during training:\n")
-            parts.append(markdown_table(header, rows))
-    parts.append("## Framework versions\n")
-    parts.append("\n".join(f"- {k} {v}" for k, v in _versions().items()) + "\n")
-    parts.append("## Citation\n")
-    parts.append(f"```bibtex\n{CITATION}\n```\n")
-    body = "\n".join(parts)
-    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
+    if data_description is None and _as_list(datasets):
+        data_description = ", ".join(f"`{d}`" for d in _as_list(datasets))
+    results_table = None
+    if training_results:
+        header = list(training_results[0])
+        results_table = markdown_table(
+            header, [[_fmt(r.get(h)) for h in header] for r in training_results]
+        )
+    return ModelCard.from_template(
+        data,
+        template_path=str(TEMPLATE),
+        model_name=model_name,
+        model_class=model_class or "AutoModel",
+        source=repo_id or model_name,
+        trained=trained,
+        base_model=base_model,
+        paper=PAPER,
+        data_description=data_description,
+        kept=result.kept,
+        reason=(result.probe or {}).get("reason"),
+        tuned_for=tuned_for,
+        summary=result.summary(),
+        norm_type=result.config.norm_type,
+        tied_notes=result.tied_notes(),
+        settings_table=settings_table(result),
+        scales_table=scales_table(result),
+        plot_file=plot_file,
+        plot_note=plot_note,
+        eval_results=dict(eval_results) if eval_results else None,
+        training_hyperparameters=dict(training_hyperparameters or {}) if trained else None,
+        training_results=results_table if trained else None,
+        versions=_versions(),
+        citation=CITATION,
+        fmt=_fmt,
+    )
+
+
+def trainer_model_card(
+    trainer: Any,
+    result: GradInitResult,
+    *,
+    has_plot: bool,
+    tags: str | list[str] | None = None,
+    results: Mapping[str, Any] | None = None,
+    **card_kwargs: Any,
+) -> ModelCard:
+    """The card of a trainer's model: ``Trainer.create_model_card``'s metadata (``tags``,
+    ``language``, ``dataset``...) and training table, ``results`` as the evaluation list."""
+    from transformers.modelcard import TrainingSummary
+
+    summary = TrainingSummary.from_trainer(
+        trainer, tags=[tags] if isinstance(tags, str) else list(tags or []), **card_kwargs
+    )
+    base = summary.finetuned_from
+    if not base or os.path.isdir(base):  # built from a config, or a local folder
+        base = None
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    names = _as_list(summary.dataset)
+    output_dir = trainer.args.output_dir
+    return make_model_card(
+        result,
+        model_name=summary.model_name or os.path.basename(os.path.abspath(output_dir)),
+        model_class=type(model).__name__,
+        repo_id=trainer.hub_model_id or trainer.args.hub_model_id,
+        trained=trainer.state.global_step > 0,
+        language=summary.language,
+        license=summary.license,
+        datasets=summary.dataset_tags,
+        tags=[*_as_list(summary.tags), *_as_list(model_type)],
+        base_model=base,
+        pipeline_tag=summary.tasks if isinstance(summary.tasks, str) else None,
+        training_hyperparameters=summary.hyperparameters,
+        training_results=summary.eval_lines,
+        eval_results=dict(results) if results is not None else summary.eval_results,
+        plot_file=PLOT_FILE if has_plot else None,
+        data_description=" and ".join(f"the {n} dataset" for n in names) if names else None,
+        optim=str(getattr(trainer.args.optim, "value", trainer.args.optim)),
+        learning_rate=trainer.args.learning_rate,
+    )
 
 
 def _versions() -> dict[str, str]:
@@ -470,7 +471,7 @@ def save_initialized_checkpoint(
             "nothing was saved. Apply the scales to them first (`result.apply(model)`, or "
             "`apply_gradinit`), then save."
         )
-    if state != "absent" and not same_run(getattr(model.config, CONFIG_KEY), result):
+    if state != "absent" and not same_run(getattr(model.config, CONFIG_KEY), result.config_entry()):
         raise GradInitError(
             "The model was initialized by another GradInit run than `result` (its "
             "model.config.gradinit has other settings or outcome), so nothing was saved. Pass "
@@ -478,7 +479,8 @@ def save_initialized_checkpoint(
         )
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    record_in_config(model, result)
+    if state == "absent":
+        record_in_config(model, result.config_entry(), result.scales)
     model.save_pretrained(output_dir)
     if tokenizer is not None:
         tokenizer.save_pretrained(output_dir)

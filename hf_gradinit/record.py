@@ -4,9 +4,7 @@ against the weights.
 The config entry alone cannot say whether the weights are initialized: a fresh random model
 built from an initialized checkpoint's config (``from_config``, ``--config_name``) keeps it.
 So the entry carries a fingerprint of the weights it describes (a few values of the tensors
-GradInit rescaled the most), written whenever the record is written: when the scales are
-applied and at every save of a model that carries it (a trained checkpoint describes its
-trained weights). The rule, the same in every entry point:
+GradInit rescaled the most). The rule, the same in every entry point:
 
 * ``initialized``: the entry's fingerprint matches the weights (also after a bf16/fp16
   reload: the tolerance is 1%). GradInit does not run again; applying scales raises.
@@ -14,24 +12,30 @@ trained weights). The rule, the same in every entry point:
   describes (a fresh model from an initialized config, or weights changed by code that did
   not update the record). Treated as not initialized; the trainer drops the entry.
 * ``unverified``: an entry without a fingerprint (written before fingerprints existed) or
-  weights that cannot be read here (meta, sharded, renamed): trusted, as before.
+  weights that cannot be read here (meta, sharded, renamed): trusted.
 * ``absent``: no entry.
+
+On the model it was written for, the entry is a :class:`LiveRecord`: its fingerprint is read
+again from the weights whenever the config is copied or serialized (``save_pretrained``,
+``push_to_hub``, ``to_dict``, pickling), so a model that trained after GradInit is saved
+with a record of its trained weights, however it is saved.
+
+Plain data only: entries are dicts, scales a ``{name: scale}`` mapping.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
+import weakref
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 
 from .config import GradInitError
-
-if TYPE_CHECKING:  # gradinit.py imports this module
-    from .gradinit import GradInitResult
 
 logger = logging.getLogger(__name__)
 
@@ -44,9 +48,7 @@ FINGERPRINT_RTOL = 1e-2  # relative distance allowed (bf16 rounding is 0.4%)
 State = Literal["initialized", "stale", "unverified", "absent"]
 
 
-def _tensors(model: Any, tensors: Mapping[str, torch.Tensor] | None = None) -> dict[str, Any]:
-    if tensors is not None:
-        return dict(tensors)
+def _tensors(model: Any) -> dict[str, Any]:
     named = getattr(model, "named_parameters", None)
     return dict(named(remove_duplicate=False)) if callable(named) else {}
 
@@ -87,58 +89,73 @@ def fingerprint(
     return out or None
 
 
-def _fingerprint_names(result: GradInitResult, tensors: Mapping[str, torch.Tensor]) -> list[str]:
+def _fingerprint_names(scales: Mapping[str, float], tensors: Mapping[str, Any]) -> list[str]:
     """The tensors GradInit rescaled the most: a fresh model made with the same seed as the
     initialized one differs from it most there."""
-    scaled = [n for n in result.scales if _find(tensors, n) is not None]
-    scaled.sort(key=lambda n: -abs(math.log(max(result.scales[n], 1e-12))))
+    scaled = [n for n in scales if _find(tensors, n) is not None]
+    scaled.sort(key=lambda n: -abs(math.log(max(scales[n], 1e-12))))
     if not scaled:
         scaled = [n for n, t in tensors.items() if t.numel() > 0]
     return scaled[:FINGERPRINT_TENSORS]
 
 
-def gradinit_config_entry(result: GradInitResult) -> dict[str, Any]:
-    """The summary stored as ``model.config.gradinit``: settings and outcome, no scales.
+class LiveRecord(dict):
+    """``config.gradinit`` of the model it describes, in memory: copies and serializations
+    carry a fingerprint read from that model's weights at that moment."""
 
-    The scales themselves live in ``gradinit_scales.json``; the config only has to say that
-    (and how) the weights were initialized, and stay small. ``record_in_config`` adds the
-    fingerprint of the weights.
-    """
-    from . import __version__
+    def __init__(self, entry: Mapping[str, Any], model: Any):
+        super().__init__(entry)
+        self._model = weakref.ref(model)
 
-    return {
-        "hf_gradinit_version": __version__,
-        "scales_file": SCALES_FILE,
-        "settings": result.config.to_dict(),
-        "summary": result.summary(),
-    }
+    def describes(self, model: Any) -> bool:
+        return self._model() is model
+
+    def fresh(self) -> dict[str, Any]:
+        """The entry as a plain dict, its fingerprint taken from the weights now."""
+        entry = dict(self)
+        model, old = self._model(), self.get("fingerprint")
+        if model is not None and old:
+            new = fingerprint(_tensors(model), list(old))
+            if new is not None:
+                entry["fingerprint"] = new
+        return entry
+
+    def __deepcopy__(self, memo: dict) -> dict[str, Any]:
+        return copy.deepcopy(self.fresh(), memo)
+
+    def __copy__(self) -> dict[str, Any]:
+        return self.fresh()
+
+    def __reduce__(self):
+        return (dict, (self.fresh(),))
 
 
 def record_in_config(
-    model: Any, result: GradInitResult, tensors: Mapping[str, torch.Tensor] | None = None
+    model: Any,
+    entry: Mapping[str, Any],
+    scales: Mapping[str, float],
+    tensors: Mapping[str, torch.Tensor] | None = None,
 ) -> None:
-    """Set ``model.config.gradinit`` for weights that carry ``result``'s scales, with the
-    fingerprint of those weights (``tensors``: a state dict to read instead of the model's
-    parameters). Round-trips through ``save_pretrained``/``from_pretrained``."""
+    """Set ``model.config.gradinit`` to ``entry`` plus the fingerprint of the weights that
+    carry ``scales`` (``tensors``: a state dict to read instead of the model's own, e.g. a
+    sharded model's full state dict at save time). Round-trips through
+    ``save_pretrained``/``from_pretrained``."""
     config = getattr(model, "config", None)
     if config is None:
         return
-    entry = gradinit_config_entry(result)
-    weights = _tensors(model, tensors)
-    entry["fingerprint"] = fingerprint(weights, _fingerprint_names(result, weights))
-    setattr(config, CONFIG_KEY, entry)
+    weights = dict(tensors) if tensors is not None else _tensors(model)
+    entry = dict(entry)
+    entry["fingerprint"] = fingerprint(weights, _fingerprint_names(scales, weights))
+    setattr(config, CONFIG_KEY, entry if tensors is not None else LiveRecord(entry, model))
 
 
-def refresh_fingerprint(model: Any, tensors: Mapping[str, torch.Tensor] | None = None) -> None:
-    """Re-take the fingerprint of the same tensors from the current weights (a model that
-    was initialized and has trained since: the record must describe what is saved)."""
-    entry = getattr(getattr(model, "config", None), CONFIG_KEY, None)
-    old = entry.get("fingerprint") if isinstance(entry, dict) else None
-    if not old:
-        return
-    new = fingerprint(_tensors(model, tensors), list(old))
-    if new is not None:
-        entry["fingerprint"] = new
+def keep_current(model: Any) -> None:
+    """Make an initialized model's record follow its weights from now on (training moves
+    them; the record saved with them must describe them)."""
+    config = getattr(model, "config", None)
+    entry = getattr(config, CONFIG_KEY, None)
+    if isinstance(entry, dict) and not (isinstance(entry, LiveRecord) and entry.describes(model)):
+        setattr(config, CONFIG_KEY, LiveRecord(entry, model))
 
 
 def initialization_state(model: Any) -> State:
@@ -147,7 +164,9 @@ def initialization_state(model: Any) -> State:
     entry = getattr(getattr(model, "config", None), CONFIG_KEY, None)
     if not entry:
         return "absent"
-    recorded = entry.get("fingerprint") if isinstance(entry, dict) else None
+    if isinstance(entry, LiveRecord) and entry.describes(model):
+        return "initialized"
+    recorded = entry.get("fingerprint") if isinstance(entry, Mapping) else None
     if not recorded:
         return "unverified"
     tensors = _tensors(model)
@@ -180,6 +199,10 @@ _STALE = (
 )
 
 
+def stale_message() -> str:
+    return _STALE
+
+
 def drop_stale_record(model: Any) -> State:
     """Remove a stale ``config.gradinit`` (with a warning), so it is neither trusted nor
     saved again; returns the state found."""
@@ -206,16 +229,11 @@ def check_not_initialized(model: Any, *, warn_stale: bool = False) -> None:
         )
 
 
-def same_run(entry: Mapping[str, Any], result: GradInitResult) -> bool:
-    """Whether a ``config.gradinit`` entry was written for ``result`` (settings and summary)."""
+def same_run(entry: Mapping[str, Any], other: Mapping[str, Any]) -> bool:
+    """Whether two ``config.gradinit`` entries describe the same GradInit run (settings and
+    summary)."""
 
     def plain(value: Any) -> Any:
         return json.loads(json.dumps(value))
 
-    return plain(entry.get("settings")) == plain(result.config.to_dict()) and plain(
-        entry.get("summary")
-    ) == plain(result.summary())
-
-
-def stale_message() -> str:
-    return _STALE
+    return all(plain(entry.get(k)) == plain(other.get(k)) for k in ("settings", "summary"))

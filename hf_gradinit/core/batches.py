@@ -1,0 +1,121 @@
+"""Batches: their size, the split into the sub-batches S and S~, and moving them.
+
+A batch is a mapping of per-example tensors (the batch in the first dimension) and
+anything else a collator or a trainer puts there: scalars, per-batch tensors, strings,
+nested mappings. Only per-example entries are split; everything else goes to both halves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+import torch
+
+from ..config import GradInitError
+
+# Keys whose first dimension is the batch, looked at first (a per-batch tensor such as a
+# (1, L) position_ids must not decide the batch size).
+_BATCH_KEYS = ("labels", "input_ids", "pixel_values", "input_values", "inputs_embeds")
+
+
+class UnsplittableBatch(GradInitError):
+    """A batch too small to form the two sub-batches S and S~ (it is skipped)."""
+
+
+def _leading_sizes(batch: Any, out: list[int]) -> list[int]:
+    if isinstance(batch, Mapping):
+        for v in batch.values():
+            _leading_sizes(v, out)
+    elif isinstance(batch, torch.Tensor) and batch.dim() > 0:
+        out.append(batch.shape[0])
+    return out
+
+
+def batch_size(batch: Any) -> int:
+    """Examples in ``batch``: the first dimension of its labels or inputs, else the most
+    common first dimension of its tensors (ties: the largest)."""
+    if not isinstance(batch, Mapping):
+        raise GradInitError(
+            "GradInit needs batches that are dicts of tensors with the batch in the first "
+            f"dimension (got {type(batch).__name__})."
+        )
+    if not batch:
+        raise GradInitError(
+            "A batch is empty (a dict with no keys): the data collator produced nothing. Were "
+            "all columns removed (`remove_unused_columns`, or columns the model's forward() "
+            "does not take)? Tokenize the data so that it has the model's inputs and labels."
+        )
+    for key in _BATCH_KEYS:
+        value = batch.get(key)
+        if isinstance(value, torch.Tensor) and value.dim() > 0:
+            return value.shape[0]
+    sizes = _leading_sizes(batch, [])
+    if not sizes:
+        lists = [len(v) for v in batch.values() if isinstance(v, (list, tuple))]
+        if lists:
+            return max(lists)
+        raise GradInitError(
+            f"A batch has no tensor with a batch dimension (keys {sorted(batch)}); GradInit "
+            "needs the model's inputs as tensors."
+        )
+    return max(set(sizes), key=lambda s: (sizes.count(s), s))
+
+
+def select(batch: Any, index: torch.Tensor, n: int) -> Any:
+    """The examples ``index`` of a batch of ``n``: per-example tensors and lists are indexed,
+    nested mappings followed, everything else kept as it is."""
+    if isinstance(batch, Mapping):
+        return {k: select(v, index, n) for k, v in batch.items()}
+    if isinstance(batch, torch.Tensor) and batch.dim() > 0 and batch.shape[0] == n:
+        return batch.index_select(0, index.to(batch.device))
+    if isinstance(batch, (list, tuple)) and len(batch) == n:
+        return type(batch)(batch[i] for i in index.tolist())
+    return batch
+
+
+def split_batch(
+    batch: Mapping[str, Any], overlap: float, generator: torch.Generator | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Shuffle a batch and cut it into two sub-batches S and S~ that share ``overlap`` of S.
+
+    With B examples, |S| = |S~| = n = round(B / (2 - overlap)) and they share 2n - B
+    examples: overlap 0.5 gives thirds (S = parts 1+2, S~ = parts 2+3), as the reference.
+    The shuffle keeps S from being biased to long sentences in a length-sorted batch.
+
+    Raises:
+        UnsplittableBatch: a batch of one example with ``overlap < 1``.
+    """
+    b = batch_size(batch)
+    if b < 2 and overlap < 1:
+        raise UnsplittableBatch(
+            f"A batch of {b} example(s) cannot be split into two sub-batches S and S~."
+        )
+    n = min(b, max(1, round(b / (2 - overlap))))
+    perm = torch.randperm(b, generator=generator)
+    return select(batch, perm[:n], b), select(batch, perm[b - n :], b)
+
+
+def to_device(batch: Any, device: torch.device, dtype: torch.dtype | None = None) -> Any:
+    """The batch on ``device`` (mappings, lists and tuples followed), its floating-point
+    tensors in ``dtype``: half-precision inputs must not meet fp32 copies of the weights."""
+    if isinstance(batch, Mapping):
+        return {k: to_device(v, device, dtype) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(v, device, dtype) for v in batch)
+    if isinstance(batch, torch.Tensor):
+        if dtype is not None and batch.is_floating_point():
+            return batch.to(device, dtype=dtype, non_blocking=True)
+        return batch.to(device, non_blocking=True)
+    return batch
+
+
+def cycle(batches: Iterable[Any]) -> Iterator[Any]:
+    """``batches`` over and over; an error if a pass gives nothing."""
+    while True:
+        empty = True
+        for batch in batches:
+            empty = False
+            yield batch
+        if empty:
+            raise GradInitError("The data gave no batch: GradInit needs a non-empty dataset.")

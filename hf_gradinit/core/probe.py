@@ -1,0 +1,132 @@
+"""The probe: does the learned init train better than the original one?
+
+GradInit's objective looks one optimizer step ahead; training takes thousands. On some
+families the scales that win one step lose the next hundred (docs/results.md). So before
+the scales are applied, the real optimizer trains a copy of the model ``probe_steps`` steps
+from each init, on the same batches, and the learned scales are kept only if their loss
+over the second half of those steps is lower than the original init's by ``probe_margin``
+(relative). Otherwise the model keeps its original init, and the result says why.
+
+The model is only read: each run trains a copy of the trainable tensors.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+
+from ..config import GradInitConfig
+from .batches import to_device
+from .problem import ScaledModel
+
+# make_optimizer([(name, tensor), ...]) -> a torch optimizer over those tensors.
+MakeOptimizer = Callable[[Sequence[tuple[str, torch.Tensor]]], torch.optim.Optimizer]
+Reduce = Callable[[list[torch.Tensor]], None]
+
+
+def default_optimizer(config: GradInitConfig) -> MakeOptimizer:
+    """The optimizer GradInit simulates: Adam at eta with ``inner_betas``/``inner_eps``, or
+    SGD at eta (for SGD with momentum m, eta = lr / (1 - m) is the size of its steady
+    steps). The trainer passes the optimizer training will use instead."""
+
+    def make(named: Sequence[tuple[str, torch.Tensor]]) -> torch.optim.Optimizer:
+        params = [t for _, t in named]
+        if config.inner_optimizer == "adam":
+            return torch.optim.Adam(
+                params, lr=config.eta, betas=config.inner_betas, eps=config.inner_eps
+            )
+        return torch.optim.SGD(params, lr=config.eta)
+
+    return make
+
+
+def train_losses(
+    problem: ScaledModel,
+    scales: Mapping[str, float],
+    batches: Iterable[Mapping[str, Any]],
+    make_optimizer: MakeOptimizer,
+    reduce: Reduce | None = None,
+    on_step: Callable[[], None] | None = None,
+) -> list[float]:
+    """The training loss at each step of the real optimizer from ``w0 * scales`` (before
+    the step); stops at the first non-finite loss, which ends the list."""
+    named = list(problem.parameters_at(scales))
+    optimizer = make_optimizer(named)
+    leaves = dict(named)
+    losses = []
+    for batch in batches:
+        loss, grads = problem.loss_and_grad(leaves, batch)
+        stats = loss.detach().reshape(1).clone()
+        if reduce is not None:
+            reduce([*grads, stats])
+        losses.append(stats.item())
+        if not math.isfinite(losses[-1]):
+            break
+        for t, g in zip(leaves.values(), grads):
+            t.grad = g
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if on_step is not None:
+            on_step()
+    return losses
+
+
+def tail_mean(losses: Sequence[float], steps: int) -> float:
+    """Mean loss over the second half of ``steps`` steps; inf if the run diverged."""
+    if len(losses) < steps or not all(math.isfinite(v) for v in losses):
+        return math.inf
+    return statistics.fmean(losses[steps // 2 :])
+
+
+def decide(learned: Sequence[float], original: Sequence[float], config: GradInitConfig) -> dict:
+    """Keep the learned init only if it is ahead by ``probe_margin`` (relative) on the mean
+    loss of the probe's second half. Returns the record kept in the result."""
+    steps = config.probe_steps
+    a, b = tail_mean(learned, steps), tail_mean(original, steps)
+    if math.isinf(a) and math.isinf(b):
+        decision, reason = "original", "the loss diverged from both inits"
+    elif a < b * (1 - config.probe_margin):
+        decision = "learned"
+        reason = (
+            f"its mean loss over probe steps {steps // 2 + 1}-{steps} was {a:.4g} against {b:.4g}"
+        )
+    else:
+        decision = "original"
+        reason = (
+            f"the learned init was not ahead by {config.probe_margin:.0%}: mean loss over probe "
+            f"steps {steps // 2 + 1}-{steps} {a:.4g} against {b:.4g} from the original init"
+        )
+    return {
+        "steps": steps,
+        "margin": config.probe_margin,
+        "learned_losses": [round(v, 5) for v in learned],
+        "original_losses": [round(v, 5) for v in original],
+        "learned_score": a,
+        "original_score": b,
+        "decision": decision,
+        "reason": reason,
+    }
+
+
+def probe(
+    problem: ScaledModel,
+    scales: Mapping[str, float],
+    data: Iterator[Mapping[str, Any]],
+    config: GradInitConfig,
+    make_optimizer: MakeOptimizer | None = None,
+    reduce: Reduce | None = None,
+    on_step: Callable[[], None] | None = None,
+) -> dict[str, Any]:
+    """Train ``config.probe_steps`` steps from ``w0 * scales`` and from ``w0`` on the same
+    next batches of ``data``; returns :func:`decide`'s record. ``on_step`` is called after
+    each step (a progress bar)."""
+    make_optimizer = make_optimizer or default_optimizer(config)
+    batches = [next(data) for _ in range(config.probe_steps)]
+    batches = [to_device(b, problem.device, problem.dtype) for b in batches]
+    learned = train_losses(problem, scales, batches, make_optimizer, reduce, on_step)
+    original = train_losses(problem, {}, batches, make_optimizer, reduce, on_step)
+    return decide(learned, original, config)
