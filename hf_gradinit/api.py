@@ -85,6 +85,15 @@ def _tied_records(problem: ScaledModel, scales: Mapping[str, float]) -> dict[str
     }
 
 
+def _objective_improved(history: list[dict[str, Any]], window: int = 10) -> bool:
+    """Whether the loss after the simulated step fell from GradInit's first iterations to its
+    last (means over ``window`` objective iterations at each end)."""
+    after = [h["loss_after_step"] for h in history if h["loss_after_step"] is not None]
+    if len(after) < 2 * window:
+        return True  # too few objective steps to tell (e.g. most in the bound's branch)
+    return sum(after[-window:]) < sum(after[:window])
+
+
 def compute_gradinit_scales(
     model: nn.Module,
     batches: Iterable[Mapping[str, Any]],
@@ -169,6 +178,7 @@ def compute_gradinit_scales(
                     probe_optimizer,
                     reduce,
                     on_step=lambda: progress.update(1),
+                    objective_improved=_objective_improved(out.history),
                 )
     finally:
         progress.close()

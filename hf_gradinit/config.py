@@ -77,9 +77,10 @@ class GradInitConfig:
 
     Parameters:
         probe_steps: steps of the real optimizer taken from the learned and from the original
-            init on the same batches; the learned scales are kept only if they are ahead
-            (0: no probe, always keep them).
-        probe_margin: how far ahead (relative loss) the learned init must be to be kept.
+            init on the same batches; the learned scales are dropped if training from them is
+            behind (0: no probe, always keep them).
+        probe_margin: how far behind (relative loss over the probe's last quarter) the
+            learned init may be and still be kept.
 
     > Failures
 
@@ -158,15 +159,15 @@ class GradInitConfig:
         default=True, metadata={"help": "Give no scale to nn.Embedding weights."}
     )
     probe_steps: int = field(
-        default=100,
+        default=200,
         metadata={
-            "help": "Real optimizer steps from the learned and the original init; the learned "
-            "scales are kept only if ahead (0: always keep them)."
+            "help": "Real optimizer steps from the learned and from the original init; the "
+            "learned scales are dropped if behind (0: no probe)."
         },
     )
     probe_margin: float = field(
-        default=0.02,
-        metadata={"help": "Relative loss by which the learned init must be ahead to be kept."},
+        default=0.05,
+        metadata={"help": "How far behind (relative loss) the learned init may be and be kept."},
     )
     on_nonfinite: Literal["raise", "skip"] = field(
         default="raise",
