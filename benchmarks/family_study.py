@@ -412,6 +412,26 @@ def summarize(cache: dict, name: str, method: str) -> dict | None:
     return out
 
 
+def simulate_probe(cache: dict, name: str, method: str, steps: int, margin: float) -> dict:
+    """What the probe would have decided on each seed, read off the recorded training curves
+    of ``method`` and ``none`` (the same batches in the same order: a paired comparison, as
+    the probe's), and the score training would then have reached: the method's when it keeps
+    the learned init, none's otherwise. A cheap way to choose ``probe_steps`` and
+    ``probe_margin`` on the development set before running them."""
+    from hf_gradinit.core.probe import tail_mean
+
+    out = {}
+    for key in cache:
+        w, m, seed = key.split("/")
+        if w != name or m != method or run_key(name, "none", int(seed[1:])) not in cache:
+            continue
+        learned, base = cache[key], cache[run_key(name, "none", int(seed[1:]))]
+        a, b = tail_mean(learned["losses"][:steps], steps), tail_mean(base["losses"][:steps], steps)
+        keep = math.isfinite(a) and a <= b * (1 + margin)
+        out[seed] = (keep, score(name, learned if keep else base))
+    return out
+
+
 def table(cache: dict, split: str) -> str:
     methods = sorted({k.split("/")[1] for k in cache}, key=lambda m: (m != "none", m))
     rows = [

@@ -27,7 +27,7 @@ _LAZY = {
     "GradInitCallback": "callbacks",
     "GradInitTrainer": "trainer",
     "load_gradinit_result": "hub",
-    "make_model_card": "hub",
+    "make_model_card": "card",
     "save_gradinit_result": "hub",
     "save_initialized_checkpoint": "hub",
 }

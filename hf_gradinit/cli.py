@@ -288,7 +288,7 @@ def run_init(a: InitArguments, g: GradInitArguments) -> Path:
     from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding
 
     from .api import apply_gradinit
-    from .hub import check_push_target, default_repo_id, save_initialized_checkpoint
+    from .hub import check_push_target, default_repo_id
     from .record import is_initialized
 
     if a.learning_rate is None and g.gradinit_eta is None:
@@ -336,23 +336,42 @@ def run_init(a: InitArguments, g: GradInitArguments) -> Path:
     config = g.to_gradinit_config(
         learning_rate=a.learning_rate, optim=a.optim, seed=a.seed, optim_args=a.optim_args
     )
+    state = PartialState(cpu=a.use_cpu)
     result = apply_gradinit(
         model,
         features,
         config,
         data_collator=collator,
         batch_size=g.gradinit_batch_size or DEFAULT_BATCH_SIZE,
-        accelerator=PartialState(cpu=a.use_cpu),
+        accelerator=state,
     )
+    model.to("cpu")
+    out = Path(a.output_dir)
+    try:  # every process learned the same scales; the main one writes (and pushes) them
+        if state.is_main_process:
+            _report(result)
+            _save(model, result, tokenizer, a, task, language, len(features))
+    finally:
+        state.wait_for_everyone()
+    return out
+
+
+def _report(result: Any) -> None:
     summary = result.summary()
     print(
         f"GradInit: {summary['num_scales']} scales in [{summary['scale_min']:.4g}, "
         f"{summary['scale_max']:.4g}] after {summary['iterations']} iterations "
         f"({summary['runtime_s']:.1f}s)."
     )
+    if not result.kept:
+        print(f"GradInit kept the original init: {summary['decision_reason']}.")
     for note in result.tied_notes():
         print("GradInit: " + note.replace("`", ""))
-    model.to("cpu")
+
+
+def _save(model, result, tokenizer, a: InitArguments, task: str, language, examples: int) -> None:
+    from .hub import save_initialized_checkpoint
+
     out = save_initialized_checkpoint(
         model,
         result,
@@ -369,12 +388,11 @@ def run_init(a: InitArguments, g: GradInitArguments) -> Path:
         optim=a.optim,
         learning_rate=a.learning_rate,
         data_description=f"GradInit batches from `{Path(a.train_file).name}` "
-        f"({len(features)} {task} examples)",
+        f"({examples} {task} examples)",
     )
     print(
         f"Saved the initialized checkpoint to {out}" + (" and pushed it." if a.push_to_hub else ".")
     )
-    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
