@@ -83,6 +83,17 @@ METHODS: dict[str, dict] = {
         gradinit_scale_lr=2.5e-3,
         gradinit_fixed_embeddings=True,
     ),
+    # release 0.2: the same, then the probe (200 steps from each init, learned kept unless
+    # more than 5% behind over the last quarter)
+    "probe200": dict(
+        gradinit=True,
+        gradinit_iterations=200,
+        gradinit_eta_multiplier=1.0,
+        gradinit_scale_lr=2.5e-3,
+        gradinit_fixed_embeddings=True,
+        gradinit_probe_steps=200,
+        gradinit_probe_margin=0.05,
+    ),
 }
 
 
@@ -347,12 +358,10 @@ def run_one(name: str, method: dict, seed: int, *, threads: int = 1) -> dict:
         "run_s": round(time.perf_counter() - start, 1),
         "gradinit_s": round(result.runtime_s, 1) if result is not None else 0.0,
     }
+    if result is not None and result.probe is not None:
+        record["probe"] = {k: v for k, v in result.probe.items() if not k.endswith("_losses")}
     if result is not None:
         record["scales"] = {k: round(v, 4) for k, v in result.scales.items()}
-        summary = result.summary()
-        for key in ("probe", "decision"):
-            if summary.get(key) is not None:
-                record[key] = summary[key]
     return record
 
 

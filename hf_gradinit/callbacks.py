@@ -14,6 +14,7 @@ just before the trainer's first log of its own: every callback sees them after i
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
 import random
@@ -280,9 +281,7 @@ class GradInitCallback(TrainerCallback):
             config.probe_steps,
         )
         metrics = getattr(trainer, "_metrics", None)  # trl trainers collect metrics per loss
-        saved_metrics = (
-            {k: dict(v) for k, v in metrics.items()} if isinstance(metrics, dict) else None
-        )
+        saved_metrics = copy.deepcopy(metrics) if isinstance(metrics, dict) else None
         try:
             with _rng_preserved():
                 result = compute_gradinit_scales(
@@ -300,9 +299,9 @@ class GradInitCallback(TrainerCallback):
             end = getattr(loader, "end", None)
             if callable(end):
                 end()
-            if saved_metrics is not None:
-                for key, values in saved_metrics.items():
-                    metrics[key] = type(metrics[key])(values) if key in metrics else values
+            if saved_metrics is not None:  # GradInit's losses are not training metrics
+                metrics.clear()
+                metrics.update(saved_metrics)
         result.apply(model)  # also records it in model.config.gradinit
         self._results[model] = result
         self.result = result

@@ -1,0 +1,352 @@
+"""GradInitCallback: GradInit in any Trainer (plain Trainer, Seq2SeqTrainer, trl's
+SFTTrainer), with the trainer's loss, data and optimizer, and the Trainer's event order."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from testing_utils import (
+    classification_examples,
+    seq2seq_examples,
+    tiny_bert_classifier,
+    tiny_marian,
+    tiny_tokenizer,
+)
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    MarianMTModel,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+    default_data_collator,
+)
+
+import hf_gradinit.api as api
+from hf_gradinit import (
+    GradInitCallback,
+    GradInitConfig,
+    GradInitError,
+    GradInitTrainer,
+    GradInitTrainingArguments,
+)
+from hf_gradinit.callbacks import gradinit_log_entries
+from hf_gradinit.record import initialization_state
+
+FAST = dict(iterations=3, probe_steps=0)
+
+
+def _training_args(tmp_path, cls=TrainingArguments, **kw):
+    base = dict(
+        output_dir=str(tmp_path / "out"), use_cpu=True, report_to="none", disable_tqdm=True,
+        save_strategy="no", per_device_train_batch_size=6, max_steps=2, learning_rate=5e-3,
+        logging_steps=1, seed=0,
+    )  # fmt: skip
+    base.update(kw)
+    return cls(**base)
+
+
+def _gradinit_args(tmp_path, **kw):
+    kw = {"gradinit_iterations": 3, "gradinit_probe_steps": 0, **kw}
+    return _training_args(tmp_path, GradInitTrainingArguments, **kw)
+
+
+class _FirstStepWeights(TrainerCallback):
+    """The weights at the beginning of the first optimizer step."""
+
+    def __init__(self):
+        self.weights = None
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        if state.global_step == 0:
+            self.weights = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def _assert_scaled_before_step_one(original, first_step, result):
+    assert result.scales and any(abs(v - 1) > 1e-6 for v in result.scales.values())
+    for name, value in result.scales.items():
+        torch.testing.assert_close(first_step[name], original[name] * value)
+
+
+def _gradinit_steps(trainer):
+    return [h["step"] for h in trainer.state.log_history if "gradinit/loss" in h]
+
+
+# --------------------------------------------------------------------------------------
+# The callback in three trainers
+# --------------------------------------------------------------------------------------
+
+
+def tiny_gpt2():
+    config = GPT2Config(
+        vocab_size=64, n_positions=32, n_embd=16, n_layer=2, n_head=2, bos_token_id=2,
+        eos_token_id=1, pad_token_id=0,
+    )  # fmt: skip
+    return GPT2LMHeadModel(config)
+
+
+def _lm_examples(n=24, length=10, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        ids = torch.randint(3, 64, (length,), generator=g)
+        out.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids})
+    return out
+
+
+@pytest.mark.parametrize(
+    "make_model, data",
+    [(tiny_gpt2, _lm_examples), (tiny_bert_classifier, classification_examples)],
+    ids=["causal-lm", "encoder-classifier"],
+)
+def test_plain_trainer_runs_gradinit_before_the_first_step(tmp_path, make_model, data):
+    model = make_model()
+    original = {n: p.detach().clone() for n, p in model.named_parameters()}
+    spy, callback = _FirstStepWeights(), GradInitCallback(GradInitConfig(**FAST))
+    trainer = Trainer(
+        model=model, args=_training_args(tmp_path), train_dataset=data(24),
+        callbacks=[callback, spy],
+    )  # fmt: skip
+    trainer.train()
+    _assert_scaled_before_step_one(original, spy.weights, callback.result)
+    assert set(_gradinit_steps(trainer)) == {0}
+    assert initialization_state(model) == "initialized"
+
+
+def test_sft_trainer_runs_gradinit_before_the_first_step(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    trl = pytest.importorskip("trl")
+    texts = ["ich sieht hund", "du liest buch", "er hat katze", "wir kauft haus rot"] * 6
+    model = tiny_gpt2()
+    original = {n: p.detach().clone() for n, p in model.named_parameters()}
+    spy, callback = _FirstStepWeights(), GradInitCallback(GradInitConfig(**FAST))
+    args = trl.SFTConfig(
+        output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=6, report_to="none",
+        use_cpu=True, logging_steps=1, disable_tqdm=True, max_length=16, learning_rate=5e-3,
+    )  # fmt: skip
+    trainer = trl.SFTTrainer(
+        model=model, args=args, processing_class=tiny_tokenizer(),
+        train_dataset=datasets.Dataset.from_dict({"text": texts}), callbacks=[callback, spy],
+    )  # fmt: skip
+    trainer.train()
+    _assert_scaled_before_step_one(original, spy.weights, callback.result)
+    assert set(_gradinit_steps(trainer)) == {0}
+    # GradInit's own loss evaluations are not counted as the SFT trainer's metrics
+    assert all(not values for values in trainer._metrics["eval"].values())
+
+
+def test_eta_and_inner_optimizer_follow_the_trainer_not_the_given_config(tmp_path):
+    callback = GradInitCallback(GradInitConfig(eta=0.5, iterations=2, probe_steps=0))
+    trainer = Trainer(
+        model=tiny_bert_classifier(),
+        args=_training_args(tmp_path, learning_rate=3e-4, optim="sgd", optim_args="momentum=0.9"),
+        train_dataset=classification_examples(24),
+        callbacks=[callback],
+    )
+    config = callback.config_for(trainer)
+    assert config.inner_optimizer == "sgd"
+    assert config.eta == pytest.approx(3e-3)  # lr / (1 - momentum)
+    assert config.iterations == 2  # the rest is the given config's
+
+
+def test_gradinit_training_arguments_configure_the_callback_in_a_plain_trainer(tmp_path):
+    callback = GradInitCallback()
+    trainer = Trainer(
+        model=tiny_bert_classifier(),
+        args=_gradinit_args(tmp_path, gradinit_iterations=4, gradinit_scale_lr=1e-2),
+        train_dataset=classification_examples(24),
+        callbacks=[callback],
+    )
+    trainer.train()
+    assert len(callback.result.history) == 4
+    assert callback.result.config.scale_lr == 1e-2
+
+
+def test_no_gradinit_in_the_arguments_turns_the_callback_off(tmp_path):
+    callback = GradInitCallback()
+    trainer = Trainer(
+        model=tiny_bert_classifier(),
+        args=_gradinit_args(tmp_path, gradinit=False),
+        train_dataset=classification_examples(24),
+        callbacks=[callback],
+    )
+    trainer.train()
+    assert callback.result is None and _gradinit_steps(trainer) == []
+
+
+def test_an_already_sharded_model_is_refused_with_what_to_use_instead(tmp_path):
+    model = tiny_bert_classifier()
+    for p in model.parameters():
+        p.ds_id = 0  # how DeepSpeed ZeRO-3 marks its partitioned parameters
+    trainer = Trainer(
+        model=model, args=_training_args(tmp_path), train_dataset=classification_examples(24),
+        callbacks=[GradInitCallback(GradInitConfig(**FAST))],
+    )  # fmt: skip
+    with pytest.raises(GradInitError, match="GradInitTrainer.*hf-gradinit init"):
+        trainer.train()
+
+
+def test_log_entries_say_whether_the_scales_were_kept(tmp_path):
+    trainer = Trainer(
+        model=tiny_bert_classifier(), args=_training_args(tmp_path),
+        train_dataset=classification_examples(24),
+        callbacks=[callback := GradInitCallback(GradInitConfig(iterations=2, probe_steps=3))],
+    )  # fmt: skip
+    trainer.train()
+    summary = [h for h in trainer.state.log_history if "gradinit/kept" in h]
+    assert len(summary) == 1
+    assert summary[0]["gradinit/kept"] == float(callback.result.kept)
+    assert "gradinit/probe_learned_loss" in summary[0]
+    assert gradinit_log_entries(callback.result)[-1]["gradinit/kept"] in (0.0, 1.0)
+
+
+# --------------------------------------------------------------------------------------
+# The trainer's loss, as training computes it
+# --------------------------------------------------------------------------------------
+
+
+def test_compute_loss_func_gets_num_items_in_batch(tmp_path):
+    seen = []
+
+    def loss_sum_over_items(outputs, labels, num_items_in_batch=None):
+        seen.append(num_items_in_batch)
+        total = torch.nn.functional.cross_entropy(outputs.logits, labels, reduction="sum")
+        return total / num_items_in_batch  # as transformers documents it
+
+    trainer = GradInitTrainer(
+        model=tiny_bert_classifier(), args=_gradinit_args(tmp_path),
+        train_dataset=classification_examples(24), data_collator=default_data_collator,
+        compute_loss_func=loss_sum_over_items,
+    )  # fmt: skip
+    trainer.train()
+    assert len(seen) > trainer.state.global_step  # GradInit called it too
+    assert all(n is not None for n in seen)
+
+
+def test_a_compute_loss_override_is_the_loss_gradinit_optimizes(tmp_path):
+    calls = []
+
+    class WithAttentions(GradInitTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            outputs = model(**inputs, output_attentions=True)  # a forward argument it adds
+            calls.append(model.training)
+            penalty = sum(a.float().pow(2).mean() for a in outputs.encoder_attentions)
+            loss = outputs.loss + 1e-3 * penalty
+            return (loss, outputs) if return_outputs else loss
+
+    model = tiny_marian()
+    model.config._attn_implementation = "eager"
+    trainer = WithAttentions(
+        model=model, args=_gradinit_args(tmp_path), train_dataset=seq2seq_examples(24),
+        data_collator=default_data_collator,
+    )  # fmt: skip
+    trainer.train()
+    assert False in calls  # called in GradInit (eval mode), not only in training
+
+
+# --------------------------------------------------------------------------------------
+# The Trainer's promises: event order, re-entered and retried training loops
+# --------------------------------------------------------------------------------------
+
+
+class _Recorder(TrainerCallback):
+    def __init__(self):
+        self.events = []
+
+    def __getattribute__(self, name):
+        if name.startswith("on_"):
+            events = object.__getattribute__(self, "events")
+            return lambda args, state, control, **kwargs: events.append(name)
+        return object.__getattribute__(self, name)
+
+
+@pytest.mark.parametrize("door", ["trainer", "callback"])
+def test_callbacks_added_any_way_see_on_train_begin_before_any_log(tmp_path, door):
+    given, added_later = _Recorder(), _Recorder()
+    if door == "trainer":
+        trainer = GradInitTrainer(
+            model=tiny_marian(), args=_gradinit_args(tmp_path), callbacks=[given],
+            train_dataset=seq2seq_examples(24), data_collator=default_data_collator,
+        )  # fmt: skip
+    else:
+        trainer = Trainer(
+            model=tiny_bert_classifier(), args=_training_args(tmp_path),
+            train_dataset=classification_examples(24),
+            callbacks=[GradInitCallback(GradInitConfig(**FAST)), given],
+        )  # fmt: skip
+    trainer.add_callback(added_later)
+    trainer.train()
+    assert _gradinit_steps(trainer)
+    for recorder in (given, added_later):
+        events = recorder.events
+        assert events.index("on_train_begin") < events.index("on_log"), events[:6]
+        first_log = events.index("on_log")
+        assert "on_step_end" in events[:first_log]  # logged where the Trainer logs
+
+
+def test_a_retried_training_loop_does_not_run_gradinit_twice(tmp_path, monkeypatch):
+    class OutOfMemoryOnce(TrainerCallback):
+        raised = False
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if not self.raised:
+                self.raised = True
+                raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    calls = []
+    real = api.compute_gradinit_scales
+    monkeypatch.setattr(
+        api, "compute_gradinit_scales", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
+    import hf_gradinit.callbacks as callbacks_module
+
+    monkeypatch.setattr(callbacks_module, "compute_gradinit_scales", api.compute_gradinit_scales)
+    oom = OutOfMemoryOnce()
+    trainer = GradInitTrainer(
+        model=tiny_marian(),
+        args=_gradinit_args(tmp_path, auto_find_batch_size=True, per_device_train_batch_size=8),
+        train_dataset=seq2seq_examples(48), data_collator=default_data_collator, callbacks=[oom],
+    )  # fmt: skip
+    trainer.train()
+    assert oom.raised and len(calls) == 1
+    assert _gradinit_steps(trainer)  # the retried run's log history has them too
+
+
+def test_out_of_memory_inside_gradinit_is_retried_with_a_smaller_batch(tmp_path):
+    sizes = []
+
+    class Model(MarianMTModel):
+        def forward(self, input_ids=None, attention_mask=None, labels=None, **kwargs):
+            if input_ids.shape[0] > 3 and not self.training:  # GradInit's batches are too big
+                sizes.append(input_ids.shape[0])
+                raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return super().forward(
+                input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs
+            )
+
+    model = Model(tiny_marian().config)
+    trainer = GradInitTrainer(
+        model=model,
+        args=_gradinit_args(tmp_path, auto_find_batch_size=True, per_device_train_batch_size=8),
+        train_dataset=seq2seq_examples(48), data_collator=default_data_collator,
+    )  # fmt: skip
+    trainer.train()
+    assert sizes and trainer.gradinit_result is not None
+    assert len(trainer.gradinit_result.history) == 3
+
+
+def test_a_second_train_call_does_not_run_gradinit_again(tmp_path):
+    callback = GradInitCallback(GradInitConfig(**FAST))
+    trainer = Trainer(
+        model=tiny_bert_classifier(), args=_training_args(tmp_path),
+        train_dataset=classification_examples(24), callbacks=[callback],
+    )  # fmt: skip
+    trainer.train()
+    first = callback.result
+    weights = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.args.max_steps = 0
+    trainer.args.num_train_epochs = 0
+    trainer.train()
+    assert callback.result is first
+    for n, p in trainer.model.named_parameters():
+        torch.testing.assert_close(p, weights[n])
