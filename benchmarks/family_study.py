@@ -16,7 +16,7 @@ the last 25 steps), a held-out loss and, for classifiers, held-out accuracy. The
 JSON under ``benchmarks/results/`` is the cache: a run it holds is not rerun, so the study
 resumes after an interruption (delete an entry to redo it).
 
-    python benchmarks/family_study.py --split dev --methods none gradinit_v016
+    python benchmarks/family_study.py --split dev --methods none gradinit_v01
     python benchmarks/family_study.py --split test --methods none default --workers 2
     python benchmarks/family_study.py --report          # tables only, from the cache
 """
@@ -82,6 +82,7 @@ METHODS: dict[str, dict] = {
         gradinit_eta_multiplier=1.0,
         gradinit_scale_lr=2.5e-3,
         gradinit_fixed_embeddings=True,
+        gradinit_probe_steps=0,  # (0.1 had no probe; the records were made with 0.1)
     ),
     # release 0.2: the same, then the probe (200 steps from each init, learned kept unless
     # more than 5% behind over the last quarter)

@@ -1,16 +1,17 @@
 """Does GradInit let a Post-LN Transformer train without learning-rate warmup?
 
 Runs the translation example (``examples/translation/run.py``: its Post-LN Marian, its
-tokenizer, its data pipeline, ``GradInitTrainer``) once per configuration on the shipped
-De-En corpus, with a fixed step budget, comparing at each embedding layout, learning rate
-and Adam beta2:
+tokenizer, its data pipeline, ``GradInitTrainer``) through ``translation_runner.py`` (the
+example plus the model flags, batches and evaluation order the committed records were made
+with) once per configuration on the shipped De-En corpus, with a fixed step budget,
+comparing at each embedding layout, learning rate and Adam beta2:
 
 * ``baseline``: no warmup;
 * ``warmup-W``: linear warmup over W steps (the best of ``--warmups`` is marked);
 * ``gradinit``: GradInit, then no warmup (settings: ``--gradinit_args``);
 * any ``--extra_method NAME=FLAGS`` (e.g. a Pre-LN model or another optimizer).
 
-Every run is one ``run.py`` process (one thread each on a CPU, ``--workers`` side by side).
+Every run is one runner process (one thread each on a CPU, ``--workers`` side by side).
 The results JSON under ``benchmarks/results/`` is the study's cache: each finished run is
 written to it at once and a run it holds is never redone, so the study resumes after an
 interruption, also on a fresh machine with the committed file (delete a record to redo a
@@ -48,11 +49,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-RUN_PY = ROOT / "examples" / "translation" / "run.py"
+RUNNER = ROOT / "benchmarks" / "translation_runner.py"
 DATA = ROOT / "examples" / "translation" / "data"
 RESULTS = Path(__file__).resolve().parent / "results"
 
-# run.py arguments of each preset (on top of run.py's own defaults: Adam (0.9, beta2), no
+# Runner arguments of each preset (on top of run.py's own defaults: Adam (0.9, beta2), no
 # clipping, constant lr after the warmup, dropout 0, 4k joint BPE, 32 sentences a batch).
 PRESETS: dict[str, dict] = {
     # The example's "small" model made 6+6 deep (the paper's depth): d_model 128, FFN 512.
@@ -113,7 +114,7 @@ def gradinit_defaults() -> dict:
     """
     import dataclasses
 
-    from hf_gradinit.trainer import GradInitArguments
+    from hf_gradinit import GradInitArguments
 
     out = {}
     for f in dataclasses.fields(GradInitArguments):
@@ -128,7 +129,7 @@ _EARLIER_DEFAULTS = {"gradinit_eta_multiplier": 2.0, "gradinit_scale_lr": 1e-2}
 
 
 def grid(args) -> list[dict]:
-    """Every run of the study: a name (its record's key) and its run.py arguments."""
+    """Every run of the study: a name (its record's key) and its runner arguments."""
     runs = []
     gradinit_args = shlex.split(args.gradinit_args)
     defaults = gradinit_defaults()
@@ -196,10 +197,10 @@ def label(run: dict) -> str:
 
 
 def prepare_tokenizer(folder: Path, base_args: list[str], device_args: list[str]) -> Path:
-    """Train the example's tokenizer once (run.py with nothing to do); every run loads it."""
+    """Train the example's tokenizer once (the runner with nothing to do); every run loads it."""
     if (folder / "tokenizer.json").exists():
         return folder
-    command = [sys.executable, str(RUN_PY), *base_args, *device_args]
+    command = [sys.executable, str(RUNNER), *base_args, *device_args]
     command += ["--output_dir", str(folder), "--do_train", "False", "--do_eval", "False"]
     command += ["--do_predict", "False", "--no_gradinit"]
     subprocess.run(command, check=True, cwd=ROOT, capture_output=True)
@@ -237,13 +238,13 @@ class Records:
 
 def run_one(run: dict, base_args: list[str], device_args: list[str], cache: Path, env: dict,
             records: Records, predict: bool = False):  # fmt: skip
-    """Train one configuration with run.py, unless the records hold it already."""
+    """Train one configuration with the runner, unless the records hold it already."""
     cached = records.get(run["name"])
     if cached is not None:
         return cached
     folder = cache / run["name"]
     folder.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, str(RUN_PY), *base_args, *device_args, *run["flags"]]
+    command = [sys.executable, str(RUNNER), *base_args, *device_args, *run["flags"]]
     command += ["--output_dir", str(folder), "--tokenizer_name", str(cache / "tokenizer")]
     command += ["--logging_steps", str(LOG_EVERY), "--logging_first_step", "False"]
     command += ["--do_predict", str(predict), "--save_strategy", "no", "--report_to", "none"]
@@ -490,7 +491,7 @@ def plot_scales(scales: dict[str, float], title: str, path: Path) -> None:
 def parse_args(argv: list[str] | None):
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0],
-        epilog="Arguments after -- go to every run.py run (and into the cache folder's name).",
+        epilog="Arguments after -- go to every run (and into the cache folder's name).",
     )
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -505,7 +506,7 @@ def parse_args(argv: list[str] | None):
         action="append",
         default=[],
         metavar="NAME=FLAGS",
-        help="another method: its name and its run.py flags, e.g. "
+        help="another method: its name and its runner flags, e.g. "
         "'preln=--model_type mbart --no_gradinit' (repeatable)",
     )
     parser.add_argument("--lrs", type=float, nargs="+", default=[5e-4, 1e-3, 2e-3])
@@ -522,7 +523,7 @@ def parse_args(argv: list[str] | None):
     parser.add_argument(
         "--gradinit_args",
         default="--gradinit_iterations 200",
-        help="run.py --gradinit_* flags of the GradInit runs",
+        help="--gradinit_* flags of the GradInit runs",
     )
     parser.add_argument("--workers", type=int, default=2, help="runs side by side")
     parser.add_argument("--cache_dir", default=str(Path(__file__).parent / "cache" / "study"))
@@ -638,7 +639,7 @@ def main(argv: list[str] | None = None) -> None:
         f"GradInit flags; the full command of every run is in `{name}.json`, which is also "
         f"the study's cache: a run it holds is not rerun).\n\n"
         f"{steps} steps a run. Final train loss = mean over the last {FINAL_WINDOW} steps; "
-        f"val loss and BLEU (greedy sacreBLEU) are run.py's on the validation sentences it "
+        f"val loss and BLEU (greedy sacreBLEU) are the runner's on the validation sentences it "
         f"evaluates; 'stalled' = final train loss not {STALL_MARGIN} below the unigram loss "
         f"({stall:.2f}) or NaN; the best warmup has the lowest val loss; GradInit time is its "
         f"share of GradInit + training. Layouts: 'reference' = a separate encoder embedding, "

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import seq2seq_examples, tiny_marian
+from testing_utils import seq2seq_examples, tiny_marian
 from transformers import default_data_collator
 
 from hf_gradinit import GradInitConfig, compute_gradinit_scales
@@ -37,7 +37,7 @@ def test_two_processes_agree_with_each_other_and_with_one_process(tmp_path):
     torch.manual_seed(0)
     model = tiny_marian()
     batches = [default_data_collator(seq2seq_examples(12, seed=i)) for i in range(3)]
-    config = GradInitConfig(iterations=6, scale_lr=2e-2, overlap=1.0, gamma=0.9)
+    config = GradInitConfig(iterations=6, scale_lr=2e-2, overlap=1.0, gamma=0.9, probe_steps=0)
     single = compute_gradinit_scales(model, batches, config, show_progress=False)
     assert [h["branch"] for h in single.history] == ranks[0]["branches"]
     for name, value in single.scales.items():

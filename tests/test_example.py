@@ -12,23 +12,35 @@ from pathlib import Path
 
 import datasets
 import pytest
-import torch
-from conftest import load_script
 from huggingface_hub import ModelCard
+from testing_utils import (
+    assert_label_padding_masked,
+    load_script,
+    record_batches,
+    tiny_marian,
+    tiny_tokenizer,
+    translation_features,
+)
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "translation"
 RUN = EXAMPLE / "run.py"
 
-# A model and a run that take seconds: GradInit and training run, but learn nothing.
+TINY_MODEL = (
+    "d_model=32,encoder_layers=1,decoder_layers=1,encoder_ffn_dim=64,decoder_ffn_dim=64,"
+    "encoder_attention_heads=2,decoder_attention_heads=2"
+)
+# A model and a run that take seconds: GradInit (with its probe) and training run, but learn
+# nothing.
 TINY = [
-    "--model_size", "tiny",
+    "--config_overrides", TINY_MODEL,
     "--vocab_size", "160",
     "--max_source_length", "24",
     "--max_target_length", "24",
     "--max_steps", "3",
     "--gradinit_iterations", "2",
+    "--gradinit_probe_steps", "2",
     "--per_device_train_batch_size", "8",
     "--per_device_eval_batch_size", "8",
     "--generation_max_length", "10",
@@ -72,6 +84,18 @@ def translation_rows(pairs, src="fr", tgt="en"):
     return [{"translation": {src: s, tgt: t}} for s, t in pairs]
 
 
+def fr_en_args(tmp_path: Path, train: Path, *extra: str) -> list[str]:
+    return [
+        *TINY,
+        "--output_dir", str(tmp_path / "out"),
+        "--cache_dir", str(tmp_path / "cache"),
+        "--train_file", str(train),
+        "--source_lang", "fr",
+        "--target_lang", "en",
+        *extra,
+    ]  # fmt: skip
+
+
 def read_results(output_dir: Path) -> dict:
     return json.loads((output_dir / "all_results.json").read_text())
 
@@ -85,6 +109,7 @@ def lines(path: Path) -> list[str]:
 # --------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_end_to_end_on_the_shipped_corpus(run, tmp_path):
     out = tmp_path / "out"
     args = [
@@ -123,7 +148,8 @@ def test_end_to_end_on_the_shipped_corpus(run, tmp_path):
     model = AutoModelForSeq2SeqLM.from_pretrained(out)
     tokenizer = AutoTokenizer.from_pretrained(out)
     config = model.config
-    assert config.model_type == "marian"
+    assert config.model_type == "marian" and config.d_model == 32  # --config_overrides
+    assert config.encoder_layers == config.decoder_layers == 1
     assert config.activation_function == "relu" and config.scale_embedding
     # HF Marian's layout (the default): one matrix for encoder input, decoder input, output
     assert model.get_output_embeddings().weight is model.model.decoder.embed_tokens.weight
@@ -136,6 +162,7 @@ def test_end_to_end_on_the_shipped_corpus(run, tmp_path):
     assert isinstance(tokenizer.decode(generated[0], skip_special_tokens=True), str)
 
 
+@pytest.mark.slow
 def test_runs_under_accelerate_launch(tmp_path):
     launcher = shutil.which("accelerate")
     command = [launcher] if launcher else [sys.executable, "-m", "accelerate.commands.launch"]
@@ -168,28 +195,18 @@ def test_other_language_codes_and_layouts(run, tmp_path):
     train = write_jsonl(tmp_path / "train.jsonl", translation_rows(pairs[:48]))
     flat = [{"fr": s, "en": t} for s, t in pairs[48:]]
     valid = write_jsonl(tmp_path / "valid.jsonl.gz", flat)
+    run.main(fr_en_args(tmp_path, train, "--validation_file", str(valid)))
     out = tmp_path / "out"
-    run.main(
-        [
-            *TINY,
-            "--output_dir",
-            str(out),
-            "--cache_dir",
-            str(tmp_path / "cache"),
-            "--train_file",
-            str(train),
-            "--validation_file",
-            str(valid),
-            "--source_lang",
-            "fr",
-            "--target_lang",
-            "en",
-        ]  # fmt: skip
-    )
     results = read_results(out)
     assert results["eval_samples"] == 12 and "eval_bleu" in results
     assert "test_bleu" not in results  # no test file: no test scores
     assert len(lines(out / "validation_predictions.txt")) == 12
+
+
+def test_without_a_validation_file_part_of_train_is_held_out(run, tmp_path):
+    train = write_jsonl(tmp_path / "train.jsonl", translation_rows(fr_en_pairs(60)))
+    results = run.main(fr_en_args(tmp_path, train, "--do_predict", "false"))
+    assert results["eval_samples"] == 3 and results["train_samples"] == 57  # 5%
 
 
 def test_dataset_name_goes_through_load_dataset(run, tmp_path, monkeypatch):
@@ -214,15 +231,12 @@ def test_dataset_name_goes_through_load_dataset(run, tmp_path, monkeypatch):
     run.main(
         [
             *TINY,
-            "--output_dir",
-            str(out),
-            "--dataset_name",
-            "someone/iwslt-like",
-            "--dataset_config_name",
-            "de-en",
-        ]  # fmt: skip
+            *["--output_dir", str(out), "--dataset_name", "someone/iwslt-like"],
+            *["--dataset_config_name", "de-en", "--dataset_revision", "refs/convert/parquet"],
+        ]
     )
     assert [(name, config) for name, config, _ in calls] == [("someone/iwslt-like", "de-en")]
+    assert calls[0][2]["revision"] == "refs/convert/parquet"
     results = read_results(out)
     assert results["eval_samples"] == 5 and results["test_samples"] == 4
 
@@ -232,32 +246,13 @@ def test_other_model_types_train_and_translate(run, tmp_path, model_type):
     pairs = fr_en_pairs(40)
     train = write_jsonl(tmp_path / "train.jsonl", translation_rows(pairs[:32]))
     test = write_jsonl(tmp_path / "test.jsonl", translation_rows(pairs[32:]))
+    extra = ["--model_type", model_type, "--validation_file", str(test), "--test_file", str(test)]
+    run.main(fr_en_args(tmp_path, train, *extra))
     out = tmp_path / "out"
-    run.main(
-        [
-            *TINY,
-            "--model_type",
-            model_type,
-            "--output_dir",
-            str(out),
-            "--cache_dir",
-            str(tmp_path / "cache"),
-            "--train_file",
-            str(train),
-            "--validation_file",
-            str(test),
-            "--test_file",
-            str(test),
-            "--source_lang",
-            "fr",
-            "--target_lang",
-            "en",
-        ]  # fmt: skip
-    )
     results = read_results(out)
     assert "eval_bleu" in results and "test_bleu" in results
     model = AutoModelForSeq2SeqLM.from_pretrained(out)
-    assert model.config.model_type == model_type
+    assert model.config.model_type == model_type and model.config.d_model == 32
     # mbart is the Pre-LN alternative: a LayerNorm after each stack; the Post-LN ones have none
     assert (getattr(model.model.encoder, "layer_norm", None) is not None) == (model_type == "mbart")
     tokenizer = AutoTokenizer.from_pretrained(out)
@@ -265,18 +260,55 @@ def test_other_model_types_train_and_translate(run, tmp_path, model_type):
     assert generated.shape[0] == 1
 
 
+def test_fsmt_batches_keep_label_padding_out_of_the_loss(run, tmp_path, monkeypatch):
+    """run.py has no collator of its own: DataCollatorForSeq2Seq(model=fsmt) would score label
+    padding as the pad token (FSMT's shift rewrites the labels in place); the trainer must
+    build decoder inputs from a copy."""
+    import hf_gradinit.callbacks
+
+    batches = record_batches(monkeypatch, hf_gradinit.callbacks)
+    train = write_jsonl(tmp_path / "train.jsonl", translation_rows(fr_en_pairs(40)))
+    extra = ["--model_type", "fsmt", "--do_eval", "false", "--do_predict", "false"]
+    run.main(fr_en_args(tmp_path, train, *extra))
+    assert_label_padding_masked(batches)
+
+
 def test_a_short_last_batch_does_not_stop_gradinit(run, tmp_path):
     """--max_train_samples 9 with batches of 8: 8 + 1, and a batch of 1 cannot be split."""
     train = write_jsonl(tmp_path / "train.jsonl", translation_rows(fr_en_pairs(40)))
-    results = run.main(
-        [
-            *TINY,
-            *["--max_train_samples", "9", "--do_eval", "false", "--do_predict", "false"],
-            *["--train_file", str(train), "--source_lang", "fr", "--target_lang", "en"],
-            *["--output_dir", str(tmp_path / "out"), "--cache_dir", str(tmp_path / "cache")],
-        ]
-    )
+    extra = ["--max_train_samples", "9", "--do_eval", "false", "--do_predict", "false"]
+    results = run.main(fr_en_args(tmp_path, train, *extra))
     assert results["train_samples"] == 9 and results["gradinit_iterations"] == 2
+
+
+def test_evaluation_keeps_the_dataset_order_with_group_by_length(run, tmp_path):
+    """transformers' group_by_length also sorts evaluation batches by length; run.py's
+    trainer must translate in dataset order, or predictions would not match their sources."""
+    from transformers import DataCollatorForSeq2Seq
+
+    from hf_gradinit import GradInitTrainingArguments
+
+    tokenizer = tiny_tokenizer()
+    data = datasets.Dataset.from_list(translation_features(30))
+    assert len({len(ids) for ids in data["input_ids"]}) > 1  # lengths to group by
+    args = GradInitTrainingArguments(
+        output_dir=str(tmp_path),
+        train_sampling_strategy="group_by_length",
+        per_device_eval_batch_size=4,
+        gradinit=False,
+        report_to="none",
+        use_cpu=True,
+    )
+    model = tiny_marian()
+    trainer = run.TranslationTrainer(
+        model=model,
+        args=args,
+        data_collator=DataCollatorForSeq2Seq(tokenizer, model),
+        processing_class=tokenizer,
+    )
+    output = trainer.predict(data)
+    got = [[t for t in row if t != -100] for row in output.label_ids.tolist()]
+    assert got == data["labels"]
 
 
 # --------------------------------------------------------------------------------------
@@ -286,22 +318,20 @@ def test_a_short_last_batch_does_not_stop_gradinit(run, tmp_path):
 
 def _bad_data_args(tmp_path, train: Path, *extra: str) -> list[str]:
     good = write_jsonl(tmp_path / "good.jsonl", translation_rows(fr_en_pairs(8)))
-    return [
-        *TINY,
-        "--output_dir", str(tmp_path / "out"),
-        "--cache_dir", str(tmp_path / "cache"),
-        "--train_file", str(train),
-        "--validation_file", str(good),
-        "--source_lang", "fr",
-        "--target_lang", "en",
-        *extra,
-    ]  # fmt: skip
+    return fr_en_args(tmp_path, train, "--validation_file", str(good), *extra)
 
 
 def test_missing_language_key_is_named(run, tmp_path):
     rows = translation_rows(fr_en_pairs(8), src="de", tgt="en")
     train = write_jsonl(tmp_path / "train.jsonl", rows)
     with pytest.raises(ValueError, match=r"no 'fr' translations.*\['de', 'en'\].*--source_lang"):
+        run.main(_bad_data_args(tmp_path, train))
+
+
+def test_a_pair_without_text_is_named(run, tmp_path):
+    rows = translation_rows(fr_en_pairs(8)) + [{"translation": {"fr": "bonjour"}}]
+    train = write_jsonl(tmp_path / "train.jsonl", rows)
+    with pytest.raises(run.UsageError, match=r"A pair has no 'fr' or 'en' text.*bonjour"):
         run.main(_bad_data_args(tmp_path, train))
 
 
@@ -333,7 +363,7 @@ def test_missing_file_and_wrong_format(run, tmp_path):
     [
         ("ja", None, r"'ja-mecab'.*pip install \"sacrebleu\[ja\]\".*--bleu_tokenize"),
         ("ko", None, r"'ko-mecab'.*pip install \"sacrebleu\[ko\]\".*--bleu_tokenize"),
-        ("en", "nope", r"--bleu_tokenize 'nope' is not a sacreBLEU tokenizer.*13a.*char"),
+        ("en", "nope", r"'nope' tokenizer cannot run here.*--bleu_tokenize.*13a"),
     ],
     ids=["ja", "ko", "unknown"],
 )
@@ -345,7 +375,7 @@ def test_bleu_tokenizer_problems_are_one_line_errors_before_any_work(
     def no_work(*args, **kwargs):
         raise AssertionError("work started before the BLEU tokenizer was checked")
 
-    monkeypatch.setattr(run, "load_raw_datasets", no_work)
+    monkeypatch.setattr(datasets, "load_dataset", no_work)
     extra = ["--bleu_tokenize", tokenize] if tokenize else []
     with pytest.raises(run.UsageError, match=match) as info:
         run.main(_bad_data_args(tmp_path, train, "--target_lang", target, *extra))
@@ -355,6 +385,18 @@ def test_bleu_tokenizer_problems_are_one_line_errors_before_any_work(
 def test_unknown_model_type(run, tmp_path):
     with pytest.raises(ValueError, match=r"Unknown --model_type 'gpt2'.*marian, bart, fsmt"):
         run.main(["--model_type", "gpt2", "--output_dir", str(tmp_path)])
+
+
+def test_bad_config_overrides_are_one_line_errors(run):
+    model_args, data_args, _ = run.parse_args(["--config_overrides", "d_modle=64"])
+    with pytest.raises(
+        run.UsageError, match=r"--config_overrides 'd_modle=64': key d_modle"
+    ) as info:
+        run.build_config(model_args, data_args, tiny_tokenizer())
+    assert "\n" not in str(info.value)
+    model_args, data_args, _ = run.parse_args(["--config_overrides", "d_model"])
+    with pytest.raises(run.UsageError, match=r"--config_overrides 'd_model'"):
+        run.build_config(model_args, data_args, tiny_tokenizer())
 
 
 def test_user_errors_exit_cleanly_from_the_command_line(tmp_path):
@@ -379,50 +421,62 @@ def test_user_errors_exit_cleanly_from_the_command_line(tmp_path):
 
 def test_presets_parse(run, tmp_path):
     presets = sorted((EXAMPLE / "presets").glob("*.*"))
-    assert any(p.name == "iwslt14_gpu.json" for p in presets)
+    assert {p.name for p in presets} >= {"iwslt14_gpu.json", "libreoffice_gpu.yaml"}
     for preset in presets:
         model_args, data_args, training_args = run.parse_args(
             [str(preset), "--output_dir", str(tmp_path)]
         )
         assert training_args.output_dir == str(tmp_path)  # the command line wins
         assert training_args.warmup_steps == 0 and training_args.gradinit
-    model_args, data_args, training_args = run.parse_args(
-        [str(EXAMPLE / "presets" / "iwslt14_gpu.json")]
-    )
-    size = model_args.size()
-    assert size == dict(
-        d_model=512, encoder_layers=6, decoder_layers=6, ffn_dim=1024, attention_heads=4
-    )
-    assert model_args.dropout == 0.3 and training_args.label_smoothing_factor == 0.1
-    assert training_args.learning_rate == 5e-4
-    assert (training_args.adam_beta1, training_args.adam_beta2) == (0.9, 0.98)
-    assert training_args.generation_num_beams == 5
+        # the paper's transformer_iwslt_de_en: 6+6 Post-LN layers, d_model 512, FFN 1024
+        config = run.build_config(model_args, data_args, tiny_tokenizer())
+        assert (config.d_model, config.encoder_layers, config.decoder_layers) == (512, 6, 6)
+        assert config.encoder_ffn_dim == config.decoder_ffn_dim == 1024
+        assert config.encoder_attention_heads == 4 and config.dropout == 0.3
+        assert training_args.label_smoothing_factor == 0.1
+        assert training_args.learning_rate == 5e-4
+        assert (training_args.adam_beta1, training_args.adam_beta2) == (0.9, 0.98)
+        assert training_args.generation_num_beams == 5
 
 
 def test_defaults_are_the_cpu_recipe(run, tmp_path):
-    model_args, data_args, training_args = run.parse_args([])
-    assert training_args.warmup_steps == 0 and training_args.gradinit
-    assert training_args.do_train and training_args.do_eval and training_args.do_predict
-    assert training_args.predict_with_generate
+    model_args, data_args, args = run.parse_args([])
+    assert args.do_train and args.do_eval and args.do_predict and args.predict_with_generate
+    assert args.gradinit and args.gradinit_iterations == 200
+    assert args.learning_rate == 1e-3 and args.warmup_steps == 0
+    assert args.lr_scheduler_type == "constant" and args.max_grad_norm == 0
+    assert (args.adam_beta1, args.adam_beta2) == (0.9, 0.98) and "adam" in args.optim
+    assert args.max_steps == 1000 and args.per_device_train_batch_size == 32
+    assert args.generation_num_beams == 1 and args.train_sampling_strategy == "group_by_length"
     assert Path(data_args.train_file) == EXAMPLE / "data" / "train.jsonl.gz"
+    assert Path(data_args.test_file) == EXAMPLE / "data" / "test.jsonl.gz"
     assert (data_args.source_lang, data_args.target_lang) == ("de", "en")
     assert model_args.model_type == "marian" and model_args.tokenizer_name is None
+    assert model_args.vocab_size == 4000
+    # a Post-LN Marian, 3+3 layers, d_model 128, FFN 512, 4 heads, relu, dropout 0
+    config = run.build_config(model_args, data_args, tiny_tokenizer())
+    assert config.model_type == "marian" and config.vocab_size == len(tiny_tokenizer())
+    assert (config.d_model, config.encoder_layers, config.decoder_layers) == (128, 3, 3)
+    assert config.encoder_ffn_dim == config.decoder_ffn_dim == 512
+    assert config.encoder_attention_heads == config.decoder_attention_heads == 4
+    assert config.activation_function == "relu" and config.scale_embedding
+    assert config.dropout == config.attention_dropout == config.activation_dropout == 0
     _, _, off = run.parse_args(["--no_gradinit", "--output_dir", str(tmp_path)])
     assert off.gradinit is False
 
 
-@pytest.mark.parametrize("flag", [True, False])
-def test_marian_layout_is_all_shared_unless_the_references_is_asked(run, flag):
-    from conftest import tiny_tokenizer
-
-    argv = ["--d_model", "16", "--encoder_layers", "1", "--decoder_layers", "1"]
-    model_args, data_args, _ = run.parse_args(
-        argv + ([] if flag else ["--share_all_embeddings", "False"])
-    )
-    model = run.build_model(model_args, data_args, tiny_tokenizer())
+@pytest.mark.parametrize("shared", [True, False])
+def test_marian_layout_is_all_shared_unless_overridden(run, shared):
+    overrides = "d_model=16,encoder_layers=1,decoder_layers=1"
+    if not shared:  # fairseq's layout: the encoder's own embedding, the decoder's tied
+        overrides += ",share_encoder_decoder_embeddings=false"
+    model_args, data_args, _ = run.parse_args(["--config_overrides", overrides])
+    config = run.build_config(model_args, data_args, tiny_tokenizer())
+    model = AutoModelForSeq2SeqLM.from_config(config)
     decoder_in = model.get_decoder().embed_tokens.weight
     assert model.get_output_embeddings().weight is decoder_in
-    assert (model.get_input_embeddings().weight is decoder_in) is flag
+    assert (model.get_input_embeddings().weight is decoder_in) is shared
+    assert config.d_model == 16 and config.encoder_layers == 1
 
 
 def test_warmup_steps_warm_up_on_top_of_the_constant_default(run, tmp_path):
@@ -434,41 +488,14 @@ def test_warmup_steps_warm_up_on_top_of_the_constant_default(run, tmp_path):
     )
     assert args.lr_scheduler_type == "linear"  # an explicit schedule is kept
     train = write_jsonl(tmp_path / "train.jsonl", translation_rows(fr_en_pairs(48)))
-    out = tmp_path / "out"
-    run.main(
-        [
-            *TINY,
-            *["--max_steps", "4", "--warmup_steps", "2", "--learning_rate", "1e-3"],
-            *["--no_gradinit", "--do_eval", "false", "--do_predict", "false"],
-            *["--source_lang", "fr", "--target_lang", "en"],
-            *["--train_file", str(train), "--output_dir", str(out)],
-            *["--cache_dir", str(tmp_path / "cache")],
-        ]
-    )
-    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    extra = [
+        *["--max_steps", "4", "--warmup_steps", "2", "--learning_rate", "1e-3"],
+        *["--no_gradinit", "--do_eval", "false", "--do_predict", "false"],
+    ]
+    run.main(fr_en_args(tmp_path, train, *extra))
+    history = json.loads((tmp_path / "out" / "trainer_state.json").read_text())["log_history"]
     lrs = [h["learning_rate"] for h in history if "learning_rate" in h]
     assert lrs[:4] == pytest.approx([0.0, 5e-4, 1e-3, 1e-3])  # transformers: step 1 at lr 0
-
-
-def test_collator_builds_decoder_inputs_from_a_copy(run):
-    class Tok:
-        pad_token_id = 0
-        padding_side = "right"
-
-        def pad(self, features, **kwargs):  # what DataCollatorForSeq2Seq calls
-            width = max(len(f["input_ids"]) for f in features)
-            ids = [f["input_ids"] + [0] * (width - len(f["input_ids"])) for f in features]
-            out = {"input_ids": torch.tensor(ids)}
-            if "labels" in features[0]:
-                out["labels"] = torch.tensor([f["labels"] for f in features])
-            return out
-
-    collator = run.Seq2SeqCollator(Tok(), decoder_start_token_id=5)
-    batch = collator(
-        [{"input_ids": [7, 8, 1], "labels": [9, 1]}, {"input_ids": [7, 1], "labels": [4, 6, 1]}]
-    )
-    assert batch["labels"].tolist() == [[9, 1, -100], [4, 6, 1]]  # padding stays out of the loss
-    assert batch["decoder_input_ids"].tolist() == [[5, 9, 1], [5, 4, 6]]
 
 
 def test_trained_tokenizer_round_trips(run):
@@ -486,91 +513,24 @@ def test_trained_tokenizer_round_trips(run):
         assert decoded == text
 
 
-def test_eval_split_unsorts(run):
-    split = run.EvalSplit("x", None, ["a", "b", "c"], ["A", "B", "C"], order=[2, 0, 1])
-    assert split.sorted_references() == ["C", "A", "B"]
-    assert split.unsort(["c!", "a!", "b!"]) == ["a!", "b!", "c!"]
-
-
-def test_length_buckets_cover_everything_once_in_whole_batches(run):
-    torch.manual_seed(0)
-    lengths = [(i * 37) % 23 + 1 for i in range(103)]
-    sampler = run.LengthBucketSampler(lengths, batch_size=8, bucket_batches=3)
-    order = list(sampler)
-    assert sorted(order) == list(range(103)) and len(sampler) == 103
-    batches = [order[i : i + 8] for i in range(0, 103, 8)]
-    assert all(len(b) == 8 for b in batches[:-1]) and len(batches[-1]) == 103 % 8
-    for batch in batches:  # sorted inside the batch: it came from one sorted bucket
-        assert [lengths[i] for i in batch] == sorted(lengths[i] for i in batch)
-
-    def spread(batches):
-        return sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches)
-
-    random_order = torch.randperm(103).tolist()
-    random_batches = [random_order[i : i + 8] for i in range(0, 103, 8)]
-    assert spread(batches) < 0.5 * spread(random_batches)  # far less padding
-    assert list(sampler) != order  # a new order every epoch
-
-
 @pytest.mark.parametrize("do_train", [False, True], ids=["initialize_only", "train"])
-def test_push_uploads_model_scales_and_card_once(run, tmp_path, monkeypatch, do_train):
+def test_push_uploads_model_scales_and_card_once(run, tmp_path, hub, do_train):
     """--push_to_hub: one upload at the end (model, scales and card), not one more from
     save_model; --do_train false: GradInit only."""
-    import huggingface_hub
-
-    uploads, commits = [], []
-
-    class Repo:
-        repo_id = "someone/marian-gradinit-init"
-
-    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", lambda self, *a, **k: Repo())
-
-    def fake_upload_folder(self, **kwargs):
-        uploads.append((kwargs["repo_id"], sorted(os.listdir(kwargs["folder_path"]))))
-
-    def fake_create_commit(self, *args, **kwargs):  # any other way of uploading
-        commits.append(kwargs.get("repo_id", args[0] if args else None))
-
-    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", fake_upload_folder)
-    monkeypatch.setattr(huggingface_hub.HfApi, "create_commit", fake_create_commit)
-    pairs = fr_en_pairs(24)
-    train = write_jsonl(tmp_path / "train.jsonl", translation_rows(pairs))
-    out = tmp_path / "out"
-    results = run.main(
-        [
-            *TINY,
-            "--output_dir",
-            str(out),
-            "--cache_dir",
-            str(tmp_path / "cache"),
-            "--train_file",
-            str(train),
-            "--source_lang",
-            "fr",
-            "--target_lang",
-            "en",
-            "--do_train",
-            str(do_train).lower(),
-            "--do_eval",
-            "false",
-            "--do_predict",
-            "false",
-            "--push_to_hub",
-            "true",
-            "--hub_model_id",
-            "someone/marian-gradinit-init",
-        ]  # fmt: skip
-    )
+    train = write_jsonl(tmp_path / "train.jsonl", translation_rows(fr_en_pairs(24)))
+    extra = [
+        *["--do_train", str(do_train).lower(), "--do_eval", "false", "--do_predict", "false"],
+        *["--push_to_hub", "true", "--hub_model_id", "someone/marian-gradinit-init"],
+    ]
+    results = run.main(fr_en_args(tmp_path, train, *extra))
     assert results["gradinit_iterations"] == 2 and ("train_loss" in results) == do_train
-    assert len(uploads) == 1 and commits == []  # one commit: the final push, with the card
-    repo, files = uploads[0]
-    assert repo == "someone/marian-gradinit-init"
+    assert len(hub["uploads"]) == 1  # one commit: the final push, with the card
+    upload = hub["uploads"][0]
+    assert upload["repo_id"] == "someone/marian-gradinit-init"
     for name in ("model.safetensors", "config.json", "tokenizer.json", "gradinit_scales.json"):
-        assert name in files
-    assert "README.md" in files
-    card = (out / "README.md").read_text()
-    assert "GradInit" in card
-    model = AutoModelForSeq2SeqLM.from_pretrained(out)
+        assert name in upload["files"]
+    assert "GradInit" in upload["files"]["README.md"].decode()
+    model = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "out")
     assert model.config.gradinit["summary"]["iterations"] == 2
 
 
@@ -580,66 +540,5 @@ def test_help_shows_the_script_defaults(run, capsys):
     assert exit_info.value.code == 0
     text = " ".join(capsys.readouterr().out.split())  # undo the line wrapping
     assert "--source_lang" in text and "--gradinit_iterations" in text
+    assert "--config_overrides" in text
     assert "(default: constant)" in text  # TRAINING_DEFAULTS, not TrainingArguments' own
-
-
-def test_radam_is_the_optimizer_that_trains(run, tmp_path, monkeypatch):
-    """--torch_optimizer radam: the Trainer builds torch.optim.RAdam with the run's lr and betas
-    (recorded by a subclass standing in for it) and steps it."""
-    made = []
-
-    class RecordingRAdam(torch.optim.RAdam):
-        def __init__(self, params, **kwargs):
-            super().__init__(params, **kwargs)
-            made.append(self)
-
-    monkeypatch.setattr(torch.optim, "RAdam", RecordingRAdam)
-    pairs = fr_en_pairs(40)
-    train = write_jsonl(tmp_path / "train.jsonl", translation_rows(pairs[:32]))
-    run.main(
-        [
-            *TINY,
-            "--no_gradinit",
-            "--torch_optimizer",
-            "radam",
-            "--learning_rate",
-            "3e-4",
-            "--adam_beta2",
-            "0.97",
-            "--output_dir",
-            str(tmp_path / "out"),
-            "--cache_dir",
-            str(tmp_path / "cache"),
-            "--train_file",
-            str(train),
-            "--validation_file",
-            str(train),
-            "--test_file",
-            str(train),
-            "--source_lang",
-            "fr",
-            "--target_lang",
-            "en",
-            "--do_eval",
-            "False",
-            "--do_predict",
-            "False",
-        ]  # fmt: skip
-    )
-    assert len(made) == 1
-    group = made[0].param_groups[0]
-    assert group["lr"] == pytest.approx(3e-4) and group["betas"] == (0.9, 0.97)
-    steps = {int(state["step"]) for state in made[0].state.values()}
-    assert steps == {3}  # --max_steps 3
-
-
-def test_radam_with_gradinit_and_unknown_optimizer_are_refused(run, tmp_path):
-    out = ["--output_dir", str(tmp_path)]
-    with pytest.raises(run.UsageError, match=r"radam with GradInit.*--no_gradinit"):
-        run.parse_args(["--torch_optimizer", "radam", *out])
-    with pytest.raises(run.UsageError, match=r"Unknown --torch_optimizer 'lamb'"):
-        run.parse_args(["--torch_optimizer", "lamb", "--no_gradinit", *out])
-    *_, args = run.parse_args(["--torch_optimizer", "radam", "--no_gradinit", *out])
-    assert args.optimizer_cls_and_kwargs()[0] is torch.optim.RAdam
-    *_, args = run.parse_args(out)
-    assert args.optimizer_cls_and_kwargs() is None

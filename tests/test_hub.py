@@ -1,33 +1,27 @@
-"""Initialized checkpoints: scales file, config entry, model card, pushes (Hub HTTP layer
-patched), and the `hf-gradinit init` command end to end. No network."""
+"""hf_gradinit.hub: initialized checkpoints: scales file, config entry, model card, pushes
+(Hub HTTP layer patched by the ``hub`` fixture). No network."""
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import sys
-from concurrent.futures import Future
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import (
-    model_folder,
+from huggingface_hub import ModelCard
+from testing_utils import (
+    fresh_from_config,
+    initialized_checkpoint,
     seq2seq_examples,
-    snapshot,
     tiny_bart,
-    tiny_bert_classifier,
     tiny_marian,
     tiny_tokenizer,
-    toy_translation_records,
-    write_jsonl,
 )
-from huggingface_hub import CommitInfo, HfApi, ModelCard, RepoUrl
 from transformers import AutoModelForSeq2SeqLM, default_data_collator
 
-import hf_gradinit.trainer as trainer_module
 from hf_gradinit import (
     GradInitConfig,
+    GradInitError,
     GradInitTrainer,
     GradInitTrainingArguments,
     apply_gradinit,
@@ -36,52 +30,13 @@ from hf_gradinit import (
     save_gradinit_result,
     save_initialized_checkpoint,
 )
-from hf_gradinit.cli import main
-from hf_gradinit.hub import PLOT_FILE, SCALES_FILE, is_initialized, scales_table
-
-
-@pytest.fixture
-def hub(monkeypatch):
-    """Patches HfApi's HTTP calls; records each upload as {path in repo: bytes}."""
-    record = {"repos": [], "uploads": []}
-
-    def create_repo(self, repo_id, *args, **kwargs):
-        record["repos"].append(repo_id)
-        return RepoUrl(f"https://huggingface.co/{repo_id}")
-
-    def upload_folder(self, *, repo_id, folder_path, **kwargs):
-        ignore = kwargs.get("ignore_patterns") or []
-        files = {}
-        for path in sorted(Path(folder_path).rglob("*")):
-            rel = path.relative_to(folder_path).as_posix()
-            if path.is_file() and not any(fnmatch.fnmatch(rel, p) for p in ignore):
-                prefix = kwargs.get("path_in_repo") or ""
-                files[f"{prefix}/{rel}" if prefix else rel] = path.read_bytes()
-        record["uploads"].append({"repo_id": repo_id, "files": files, **kwargs})
-        info = CommitInfo(
-            commit_url=f"https://huggingface.co/{repo_id}/commit/0",
-            commit_message=kwargs.get("commit_message") or "",
-            commit_description="",
-            oid="0" * 40,
-        )
-        if kwargs.get("run_as_future"):
-            future = Future()
-            future.set_result(info)
-            return future
-        return info
-
-    def create_commit(self, *args, **kwargs):
-        raise AssertionError("create_commit was called directly; the test expects upload_folder")
-
-    monkeypatch.setattr(HfApi, "create_repo", create_repo)
-    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
-    monkeypatch.setattr(HfApi, "create_commit", create_commit)
-    return record
+from hf_gradinit.hub import PLOT_FILE, SCALES_FILE, scales_table
+from hf_gradinit.record import is_initialized
 
 
 def _result(model=None, iterations=3):
     model = model or tiny_marian()
-    config = GradInitConfig(iterations=iterations, scale_lr=0.05, eta=1e-2)
+    config = GradInitConfig(iterations=iterations, scale_lr=0.05, eta=1e-2, probe_steps=0)
     result = apply_gradinit(model, seq2seq_examples(24), config, batch_size=6, show_progress=False)
     return model, result
 
@@ -179,6 +134,7 @@ def test_trainer_push_to_hub_sends_card_config_weights_and_scales(tmp_path, hub)
         save_steps=2,
         learning_rate=1e-3,
         gradinit_iterations=3,
+        gradinit_probe_steps=0,
         push_to_hub=True,
         hub_model_id="someone/tiny-marian",
     )
@@ -205,203 +161,31 @@ def test_trainer_push_to_hub_sends_card_config_weights_and_scales(tmp_path, hub)
     assert json.loads(files["config.json"])["gradinit"]["settings"] == result.config.to_dict()
     card = _card_checks(files["README.md"].decode(), result)
     assert card.data.language == ["de", "en"] and card.data.pipeline_tag == "translation"
-    assert "trained with `hf_gradinit.GradInitTrainer`" in card.text
+    assert "This model was trained with `hf_gradinit`" in card.text
     assert "fine-tuned version" not in card.text and "the toy pairs dataset" in card.text
     assert "someone/tiny-marian" in hub["repos"]
 
 
-# --------------------------------------------------------------------------------------
-# hf-gradinit init
-# --------------------------------------------------------------------------------------
-
-
-def _translation_setup(tmp_path, weights=True):
-    tokenizer = tiny_tokenizer()
+def test_card_says_when_the_probe_kept_the_original_init(probe_keeps_original):
     model = tiny_marian()
-    folder = model_folder(tmp_path / "model", model, tokenizer, weights=weights)
-    data = write_jsonl(tmp_path / "train.jsonl", toy_translation_records(30))
-    return model, folder, data
+    config = GradInitConfig(iterations=2, probe_steps=2)
+    result = apply_gradinit(model, seq2seq_examples(24), config, batch_size=6, show_progress=False)
+    assert not result.kept
+    text = make_model_card(result, model_name="tiny").text
+    assert "the original initialization was kept** (every scale is 1): forced by the test" in text
+    assert "The learned scales were applied" not in text
+    kept = make_model_card(_result()[1], model_name="tiny").text
+    assert "**The learned scales were applied**" in kept
 
 
-def _never_called(*args, **kwargs):
-    raise AssertionError("GradInit ran on an already initialized model")
-
-
-def test_cli_init_translation_end_to_end(tmp_path, capsys, monkeypatch):
-    model, folder, data = _translation_setup(tmp_path)
-    original = snapshot(model)
-    out = tmp_path / "initialized"
-    status = main(
-        [
-            "init",
-            "--model_path",
-            folder,
-            "--train_file",
-            data,
-            "--source_lang",
-            "de",
-            "--target_lang",
-            "en",
-            "--learning_rate",
-            "5e-4",
-            "--output_dir",
-            str(out),
-            "--gradinit_iterations",
-            "3",
-            "--gradinit_batch_size",
-            "6",
-            "--use_cpu",
-        ]
-    )
-    assert status == 0, capsys.readouterr().err
-    printed = capsys.readouterr().out
-    assert "Saved the initialized checkpoint" in printed
-    # The all-shared Marian: its one embedding matrix is named, and what GradInit did with it.
-    assert (
-        "model.shared.weight = model.encoder.embed_tokens.weight = "
-        "model.decoder.embed_tokens.weight = lm_head.weight is both an input embedding and the "
-        "output projection: GradInit left it at its init" in printed
-    )
-    card_text = (out / "README.md").read_text()
-    assert "### Tied input and output embeddings" in card_text and "`lm_head.weight`" in card_text
-    result = load_gradinit_result(out)
-    # eta = --learning_rate (the step training will take) and the 3 iterations asked for
-    assert result.config.eta == pytest.approx(5e-4) and result.config.iterations == 3
-    reloaded = AutoModelForSeq2SeqLM.from_pretrained(out)
-    for name, tensor in reloaded.state_dict().items():  # = the folder's weights x scales
-        scale = next(
-            (s for n, s in result.scales.items() if name in [n, *result.aliases.get(n, [])]),
-            None,
-        )
-        expected = original[name] if scale is None else original[name] * torch.tensor(scale)
-        assert torch.equal(tensor, expected), name
-    card = ModelCard.load(out / "README.md")
-    assert card.data.language == ["de", "en"] and card.data.pipeline_tag == "translation"
-    assert (out / "tokenizer.json").is_file() and (out / PLOT_FILE).is_file()
-
-    # Training the initialized checkpoint with GradInitTrainer does not rescale it.
-    monkeypatch.setattr(trainer_module, "compute_gradinit_scales", _never_called)
-    trainer = GradInitTrainer(
-        model=reloaded,
-        args=GradInitTrainingArguments(
-            output_dir=str(tmp_path / "train"), max_steps=1, per_device_train_batch_size=6,
-            use_cpu=True, report_to="none", disable_tqdm=True, save_strategy="no",
-        ),
-        train_dataset=seq2seq_examples(12),
-    )  # fmt: skip
-    trainer.train()
-    assert trainer.gradinit_result.scales == result.scales  # its record, from the folder
-
-
-def test_cli_init_from_config_only_and_push(tmp_path, hub):
-    _, folder, data = _translation_setup(tmp_path, weights=False)
-    assert not (Path(folder) / "model.safetensors").exists()
-    status = main(
-        [
-            "init",
-            "--model_path",
-            folder,
-            "--train_file",
-            data,
-            "--source_lang",
-            "de",
-            "--target_lang",
-            "en",
-            "--learning_rate",
-            "5e-4",
-            "--output_dir",
-            str(tmp_path / "out"),
-            "--gradinit_iterations",
-            "2",
-            "--use_cpu",
-            "--push_to_hub",
-            "--hub_model_id",
-            "someone/marian-init",
-        ]
-    )
-    assert status == 0
-    (upload,) = hub["uploads"]
-    assert {"model.safetensors", "config.json", SCALES_FILE, "README.md"} <= set(upload["files"])
-
-
-def test_cli_init_text_label_classifier(tmp_path):
-    tokenizer = tiny_tokenizer()
-    folder = model_folder(tmp_path / "bert", tiny_bert_classifier(), tokenizer, weights=False)
-    records = [
-        {"text": r["translation"]["en"], "label": i % 3}
-        for i, r in enumerate(toy_translation_records(24))
-    ]
-    data = write_jsonl(tmp_path / "cls.jsonl", records)
-    status = main(
-        [
-            "init",
-            "--model_path",
-            folder,
-            "--train_file",
-            data,
-            "--optim",
-            "sgd",
-            "--optim_args",
-            "momentum=0.5",
-            "--learning_rate",
-            "0.1",
-            "--output_dir",
-            str(tmp_path / "out"),
-            "--gradinit_iterations",
-            "2",
-            "--gradinit_batch_size",
-            "8",
-            "--use_cpu",
-        ]
-    )
-    assert status == 0
-    result = load_gradinit_result(tmp_path / "out")
-    assert result.config.inner_optimizer == "sgd"
-    assert result.config.eta == pytest.approx(0.2)  # momentum's steady step: 0.1 / (1 - 0.5)
-    card = ModelCard.load(tmp_path / "out" / "README.md")
-    assert card.data.pipeline_tag == "text-classification"
-
-
-def test_cli_reports_bad_input_clearly(tmp_path, capsys):
-    _, folder, data = _translation_setup(tmp_path)
-    base = ["init", "--model_path", folder, "--output_dir", str(tmp_path / "o")]
-
-    def error(*extra):
-        assert main([*base, *extra]) == 2
-        return capsys.readouterr().err
-
-    missing = str(tmp_path / "missing.jsonl")
-    assert "does not exist" in error("--train_file", missing, "--learning_rate", "1e-3")
-    assert "--learning_rate" in error("--train_file", data)
-    assert "--source_lang" in error("--train_file", data, "--learning_rate", "1e-3")
-    bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"translation": {"de": "ich", "en": "i"}}\n{oops\n')
-    assert "line 2" in error(
-        "--train_file",
-        str(bad),
-        "--learning_rate",
-        "1e-3",
-        "--source_lang",
-        "de",
-        "--target_lang",
-        "en",
-    )
-    assert "gradinit_scale_lr" in error(
-        "--train_file", data, "--learning_rate", "1e-3", "--gradinit_scale_lr", "-1",
-        "--source_lang", "de", "--target_lang", "en",
-    )  # fmt: skip
-    assert "not a folder with a config.json" in error(
-        "--train_file", data, "--learning_rate", "1e-3", "--model_path", str(tmp_path)
-    )
-
-
-def test_cli_help_lists_the_command_and_options(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["--help"])
-    assert exit_info.value.code == 0
-    assert "init" in capsys.readouterr().out
-    with pytest.raises(SystemExit):
-        main(["init", "--help"])
-    text = capsys.readouterr().out
-    assert "--gradinit_iterations" in text and "--learning_rate" in text
-    assert main([]) == 2
+def test_save_initialized_checkpoint_refuses_weights_the_scales_were_not_applied_to(tmp_path):
+    folder, _, old = initialized_checkpoint(tmp_path)
+    fresh = fresh_from_config(folder)
+    with pytest.raises(GradInitError, match="not the ones.*result.apply"):
+        save_initialized_checkpoint(fresh, old, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    # And a model initialized by another run is not saved with this run's record.
+    other = AutoModelForSeq2SeqLM.from_pretrained(folder)
+    _, _, another = initialized_checkpoint(tmp_path / "b", iterations=3)
+    with pytest.raises(GradInitError, match="another GradInit run"):
+        save_initialized_checkpoint(other, another, tmp_path / "out")

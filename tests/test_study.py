@@ -1,21 +1,36 @@
-"""benchmarks/no_warmup_study.py: the grid it runs and how it scores runs (no training)."""
+"""benchmarks/no_warmup_study.py (the grid it runs, how it scores runs, its committed
+records) and benchmarks/translation_runner.py (run.py with the study's flags, batches and
+evaluation order)."""
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import sys
 from pathlib import Path
 
+import datasets
 import pytest
-from conftest import load_script
+import torch
+from testing_utils import load_script, tiny_marian, tiny_tokenizer, translation_features
 
-STUDY = Path(__file__).resolve().parents[1] / "benchmarks" / "no_warmup_study.py"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+STUDY = BENCHMARKS / "no_warmup_study.py"
+RUNNER = BENCHMARKS / "translation_runner.py"
 
 
 @pytest.fixture(scope="module")
 def study():
     yield load_script(STUDY, "no_warmup_study")
     sys.modules.pop("no_warmup_study", None)
+
+
+@pytest.fixture(scope="module")
+def runner():
+    yield load_script(RUNNER, "translation_runner")
+    sys.modules.pop("translation_runner", None)
+    sys.modules.pop("translation_example", None)  # run.py, as the runner imports it
 
 
 def test_grid_flags_each_method_and_the_second_seed_only_where_asked(study):
@@ -150,3 +165,244 @@ def test_a_diverged_run_is_marked_diverged_not_stalled(study):
     assert math.isnan(study.final_loss(diverged, 700))
     (row,) = study.summarize([diverged], steps=700, stall=6.45).splitlines()[2:]
     assert row.split("|")[9].strip() == "diverged"
+
+
+def test_the_committed_records_are_read_and_keep_their_names(study):
+    """The records are the study's cache: the grid of the README's example command still
+    names the runs they hold (GradInit runs aside: their names carry the trainer's defaults,
+    which have changed since), so those are not redone, and they still make the tables."""
+    records = study.Records(study.RESULTS / "no_warmup_study_example.json")
+    args = study.parse_args(
+        ["--preset", "example", "--layouts", "shared", "--lrs", "1e-3", "--beta2s", "0.98"]
+        + ["--seeds", "1", "2", "3", "--warmups", "100"]
+        + ["--extra_method", "preln=--model_type mbart --no_gradinit"]
+        + ["--extra_method", "radam=--torch_optimizer radam --no_gradinit"]
+    )
+    names = [r["name"] for r in study.grid(args) if r["method"] != "gradinit"]
+    assert len(names) == 12 and all(records.get(name) for name in names), names
+    rows = study.bleu_table(list(records.runs.values())).splitlines()[2:]
+    assert any("| radam |" in row for row in rows) and any("| preln |" in row for row in rows)
+    for name in ("no_warmup_study", "no_warmup_study_v1"):
+        runs = list(study.Records(study.RESULTS / f"{name}.json").runs.values())
+        assert study.summarize(runs, steps=700, stall=6.45).count("\\n") > 10
+
+
+# --------------------------------------------------------------------------------------
+# benchmarks/translation_runner.py
+# --------------------------------------------------------------------------------------
+
+TINY = [
+    "--d_model", "32", "--encoder_layers", "1", "--decoder_layers", "1", "--ffn_dim", "64",
+    "--attention_heads", "2", "--vocab_size", "160", "--max_source_length", "24",
+    "--max_target_length", "24", "--max_steps", "3", "--per_device_train_batch_size", "8",
+    "--per_device_eval_batch_size", "8", "--generation_max_length", "10", "--logging_steps", "1",
+    "--disable_tqdm", "true", "--max_train_samples", "64", "--max_eval_samples", "8",
+    "--max_predict_samples", "6",
+]  # fmt: skip
+
+
+def _study_config(runner, flags: list[str], tokenizer=None):
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(runner.StudyArguments, allow_abbrev=False)
+    study_args, rest = parser.parse_args_into_dataclasses(flags, return_remaining_strings=True)
+    model_args, data_args, _ = runner.run.parse_args(rest)
+    return runner.study_config(model_args, data_args, tokenizer or tiny_tokenizer(), study_args)
+
+
+def test_study_flags_size_the_model_on_top_of_the_example(runner):
+    from transformers import AutoModelForSeq2SeqLM
+
+    config = _study_config(runner, ["--encoder_layers", "6", "--decoder_layers", "6"])
+    assert (config.d_model, config.encoder_layers, config.decoder_layers) == (128, 6, 6)
+    assert config.encoder_ffn_dim == 512 and config.encoder_attention_heads == 4
+    config = _study_config(runner, ["--model_size", "iwslt", "--ffn_dim", "2048"])
+    assert (config.d_model, config.encoder_layers, config.decoder_ffn_dim) == (512, 6, 2048)
+    config = _study_config(runner, ["--init_std", "0.05", "--attention_heads", "2"])
+    assert config.init_std == 0.05 and config.decoder_attention_heads == 2
+    # a size preset only where asked: run.py's --config_overrides stay otherwise
+    config = _study_config(runner, ["--config_overrides", "d_model=256"])
+    assert config.d_model == 256 and config.encoder_layers == 3
+
+    # --share_all_embeddings False: fairseq's layout (the encoder's own embedding)
+    for shared in (True, False):
+        config = _study_config(
+            runner, ["--model_size", "tiny", "--share_all_embeddings", str(shared)]
+        )
+        model = AutoModelForSeq2SeqLM.from_config(config)
+        decoder_in = model.get_decoder().embed_tokens.weight
+        assert model.get_output_embeddings().weight is decoder_in
+        assert (model.get_input_embeddings().weight is decoder_in) is shared
+    # the flag is Marian's: the Pre-LN control with the reference layout's flags builds
+    config = _study_config(runner, ["--model_type", "mbart", "--share_all_embeddings", "False"])
+    assert config.model_type == "mbart" and not hasattr(config, "share_encoder_decoder_embeddings")
+
+
+def test_unknown_study_values_are_refused(runner):
+    with pytest.raises(runner.UsageError, match=r"Unknown --model_size 'huge'"):
+        runner.StudyArguments(model_size="huge")
+    with pytest.raises(runner.UsageError, match=r"Unknown --torch_optimizer 'lamb'"):
+        runner.StudyArguments(torch_optimizer="lamb")
+
+
+def test_length_buckets_cover_everything_once_in_whole_batches(runner):
+    torch.manual_seed(0)
+    lengths = [(i * 37) % 23 + 1 for i in range(103)]
+    sampler = runner.LengthBucketSampler(lengths, batch_size=8, bucket_batches=3)
+    order = list(sampler)
+    assert sorted(order) == list(range(103)) and len(sampler) == 103
+    batches = [order[i : i + 8] for i in range(0, 103, 8)]
+    assert all(len(b) == 8 for b in batches[:-1]) and len(batches[-1]) == 103 % 8
+    for batch in batches:  # sorted inside the batch: it came from one sorted bucket
+        assert [lengths[i] for i in batch] == sorted(lengths[i] for i in batch)
+
+    def spread(batches):
+        return sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches)
+
+    random_order = torch.randperm(103).tolist()
+    random_batches = [random_order[i : i + 8] for i in range(0, 103, 8)]
+    assert spread(batches) < 0.5 * spread(random_batches)  # far less padding
+    assert list(sampler) != order  # a new order every epoch
+
+
+def _trainer(runner, tmp_path, **kwargs):
+    from transformers import DataCollatorForSeq2Seq
+
+    from hf_gradinit import GradInitTrainingArguments
+
+    tokenizer = tiny_tokenizer()
+    args = GradInitTrainingArguments(
+        output_dir=str(tmp_path),
+        train_sampling_strategy="group_by_length",
+        per_device_train_batch_size=4,
+        per_device_eval_batch_size=4,
+        gradinit=False,
+        report_to="none",
+        use_cpu=True,
+    )
+    model = tiny_marian()
+    collator = DataCollatorForSeq2Seq(tokenizer, model)
+    return runner.StudyTrainer(
+        model=model, args=args, data_collator=collator, processing_class=tokenizer, **kwargs
+    )
+
+
+def test_training_batches_come_from_the_length_buckets(runner, tmp_path):
+    data = datasets.Dataset.from_list(translation_features(30))
+    trainer = _trainer(runner, tmp_path, train_dataset=data)
+    sampler = trainer._get_train_sampler()
+    assert isinstance(sampler, runner.LengthBucketSampler) and sampler.batch_size == 4
+    assert sampler.lengths == [
+        max(len(s), len(t)) for s, t in zip(data["input_ids"], data["labels"])
+    ]
+
+
+def test_evaluation_runs_longest_first_and_comes_back_in_dataset_order(
+    runner, tmp_path, monkeypatch
+):
+    """The records' evaluation: batches sorted by source length, longest first (their loss
+    and generations depend on it); predictions and compute_metrics in dataset order."""
+    from transformers import Seq2SeqTrainer
+
+    data = datasets.Dataset.from_list(translation_features(30))
+    lengths = [len(ids) for ids in data["input_ids"]]
+    assert len(set(lengths)) > 1
+    seen, translated = [], []
+
+    def compute_metrics(prediction):
+        seen.append([[t for t in row if t != -100] for row in prediction.label_ids.tolist()])
+        return {"rows": len(prediction.label_ids)}
+
+    real = Seq2SeqTrainer.predict
+
+    def spy(self, dataset, *args, **kwargs):
+        translated.append([len(ids) for ids in dataset["input_ids"]])
+        return real(self, dataset, *args, **kwargs)
+
+    monkeypatch.setattr(Seq2SeqTrainer, "predict", spy)
+    trainer = _trainer(runner, tmp_path, eval_dataset=data, compute_metrics=compute_metrics)
+    output = trainer.predict(data)
+    assert translated == [sorted(lengths, reverse=True)]
+    assert [[t for t in row if t != -100] for row in output.label_ids.tolist()] == data["labels"]
+    assert seen == [data["labels"]] and output.metrics["test_rows"] == 30
+    assert trainer.compute_metrics is compute_metrics  # restored
+
+    metrics = trainer.evaluate()  # during training too: sorted, scored in dataset order
+    assert seen[-1] == data["labels"] and metrics["eval_rows"] == 30
+
+
+def test_radam_is_the_optimizer_that_trains(runner, tmp_path, monkeypatch):
+    """--torch_optimizer radam: the Trainer builds torch.optim.RAdam with the run's lr and
+    betas (recorded by a subclass standing in for it) and steps it."""
+    made = []
+
+    class RecordingRAdam(torch.optim.RAdam):
+        def __init__(self, params, **kwargs):
+            super().__init__(params, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(torch.optim, "RAdam", RecordingRAdam)
+    runner.main(
+        [
+            *TINY,
+            *["--no_gradinit", "--torch_optimizer", "radam", "--learning_rate", "3e-4"],
+            *["--adam_beta2", "0.97", "--do_eval", "False", "--do_predict", "False"],
+            *["--output_dir", str(tmp_path / "out"), "--cache_dir", str(tmp_path / "cache")],
+        ]
+    )
+    assert len(made) == 1
+    group = made[0].param_groups[0]
+    assert group["lr"] == pytest.approx(3e-4) and group["betas"] == (0.9, 0.97)
+    steps = {int(state["step"]) for state in made[0].state.values()}
+    assert steps == {3}  # --max_steps 3
+
+
+def test_radam_with_gradinit_is_refused(runner, tmp_path):
+    with pytest.raises(runner.UsageError, match=r"radam with GradInit.*--no_gradinit"):
+        runner.main(
+            [*TINY, "--torch_optimizer", "radam", "--output_dir", str(tmp_path / "out")]
+            + ["--cache_dir", str(tmp_path / "cache")]
+        )
+
+
+@pytest.mark.slow
+def test_runner_end_to_end_with_the_study_flags(runner, tmp_path):
+    from transformers import AutoModelForSeq2SeqLM
+
+    out = tmp_path / "out"
+    results = runner.main(
+        [
+            *TINY,
+            *["--share_all_embeddings", "False", "--gradinit_iterations", "2"],
+            *["--gradinit_probe_steps", "2", "--output_dir", str(out)],
+            *["--cache_dir", str(tmp_path / "cache")],
+        ]
+    )
+    assert results == json.loads((out / "all_results.json").read_text())
+    assert results["eval_samples"] == 8 and results["test_samples"] == 6
+    assert "eval_bleu" in results and results["gradinit_iterations"] == 2
+    assert len((out / "test_predictions.txt").read_text().splitlines()) == 6
+    model = AutoModelForSeq2SeqLM.from_pretrained(out)
+    assert model.config.d_model == 32 and model.config.encoder_ffn_dim == 64
+    assert model.get_input_embeddings().weight is not model.get_decoder().embed_tokens.weight
+
+
+@pytest.mark.slow
+def test_the_study_runs_the_runner_and_records_the_run(study, tmp_path):
+    """prepare_tokenizer and run_one, as the study calls them (subprocesses), on a tiny run."""
+    base = [*TINY, "--max_steps", "10"]  # the study logs every 10 steps
+    device = ["--use_cpu", "True"]
+    tokenizer = study.prepare_tokenizer(tmp_path / "tokenizer", base, device)
+    assert (tokenizer / "tokenizer.json").is_file()
+    records = study.Records(tmp_path / "records.json")
+    run = dict(name="baseline-tiny", method="baseline", lr=1e-3, beta2=0.98, seed=1)
+    run["flags"] = ["--no_gradinit", "--warmup_steps", "0", "--share_all_embeddings", "False"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    record = study.run_one(run, base, device, tmp_path, env, records, predict=True)
+    assert record["_ran_now"] and record["losses"] and record["losses"][0][0] == 10
+    assert math.isfinite(record["eval_loss"]) and "test_bleu" in record
+    assert "benchmarks/translation_runner.py" in record["command"]
+    assert (
+        study.Records(tmp_path / "records.json").get("baseline-tiny")["eval_loss"]
+        == (record["eval_loss"])
+    )

@@ -1,41 +1,59 @@
-"""GradInitTrainer / GradInitTrainingArguments: when GradInit runs, what training starts from,
-what gets logged and saved, and that --no_gradinit is plain Seq2SeqTrainer."""
+"""hf_gradinit.trainer and hf_gradinit.callbacks: when GradInit runs, what training starts
+from, what gets logged and saved, that --no_gradinit is plain Seq2SeqTrainer, and
+GradInitCallback in any Trainer."""
 
 from __future__ import annotations
 
-import dataclasses
+import copy
 import json
 import logging
 import os
-import warnings
+from pathlib import Path
 
 import pytest
 import torch
-from conftest import seq2seq_examples, snapshot, tiny_bart, tiny_marian
+from huggingface_hub import ModelCard
+from testing_utils import (
+    assert_label_padding_masked,
+    fresh_from_config,
+    gradinit_entries,
+    initialized_checkpoint,
+    never_called,
+    record_batches,
+    seq2seq_examples,
+    snapshot,
+    tiny_bart,
+    tiny_fsmt,
+    tiny_marian,
+    tiny_tokenizer,
+    translation_features,
+)
 from transformers import (
-    HfArgumentParser,
+    AutoModelForSeq2SeqLM,
+    DataCollatorForSeq2Seq,
     Seq2SeqTrainer,
     Seq2SeqTrainingArguments,
+    Trainer,
     TrainerCallback,
     default_data_collator,
     set_seed,
 )
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-import hf_gradinit.trainer as trainer_module
+import hf_gradinit.callbacks as callbacks_module
 from hf_gradinit import (
+    GradInitCallback,
     GradInitConfig,
     GradInitResult,
     GradInitTrainer,
     GradInitTrainingArguments,
     load_gradinit_result,
 )
-from hf_gradinit.trainer import (
-    GradInitArguments,
-    default_logging_steps,
-    inner_optimizer_for,
-    sgd_step_factor,
-)
+from hf_gradinit.callbacks import gradinit_dataloader, trainer_compute_loss, trainer_probe_optimizer
+from hf_gradinit.hub import SCALES_FILE
+from hf_gradinit.record import is_initialized
+
+FAMILIES = {"marian": tiny_marian, "bart": tiny_bart, "fsmt": tiny_fsmt}
 
 COMMON = dict(
     use_cpu=True,
@@ -48,12 +66,31 @@ COMMON = dict(
     save_strategy="no",
 )
 
+# No probe unless a test asks for one: by default it trains 2 x 200 steps.
+TRAIN = dict(
+    use_cpu=True,
+    report_to="none",
+    disable_tqdm=True,
+    per_device_train_batch_size=6,
+    learning_rate=1e-3,
+    seed=0,
+    save_strategy="no",
+    max_steps=1,
+    gradinit_iterations=3,
+    gradinit_probe_steps=0,
+)
+
 
 def _args(tmp_path, **overrides) -> GradInitTrainingArguments:
     kwargs = {**COMMON, "output_dir": str(tmp_path / "out"), "max_steps": 2}
     kwargs.setdefault("gradinit_iterations", 3)
+    kwargs.setdefault("gradinit_probe_steps", 0)  # no probe unless a test asks for one
     kwargs.update(overrides)
     return GradInitTrainingArguments(**kwargs)
+
+
+def _train_args(tmp_path, name="run", **overrides) -> GradInitTrainingArguments:
+    return GradInitTrainingArguments(output_dir=str(tmp_path / name), **{**TRAIN, **overrides})
 
 
 class StartWeights(TrainerCallback):
@@ -80,8 +117,10 @@ class LogSpy(TrainerCallback):
         self.logs.append(dict(logs or {}))
 
 
-def _never_called(*args, **kwargs):
-    raise AssertionError("GradInit ran, but it must not run here")
+def _without_fingerprint(model) -> dict:
+    entry = copy.deepcopy(model.config.gradinit)
+    entry.pop("fingerprint")
+    return entry
 
 
 def _scaled(original: dict[str, torch.Tensor], result: GradInitResult) -> dict[str, torch.Tensor]:
@@ -94,112 +133,9 @@ def _scaled(original: dict[str, torch.Tensor], result: GradInitResult) -> dict[s
     return expected
 
 
-def _gradinit_entries(log_history):
-    return [e for e in log_history if any(k.startswith("gradinit/") for k in e)]
-
-
 # --------------------------------------------------------------------------------------
-# Arguments
+# Training
 # --------------------------------------------------------------------------------------
-
-
-def test_arguments_follow_optim_and_learning_rate(tmp_path):
-    args = GradInitTrainingArguments(output_dir=str(tmp_path), learning_rate=5e-4, use_cpu=True)
-    config = args.to_gradinit_config()
-    assert args.gradinit is True
-    # eta = the learning rate: GradInit simulates the step training will take
-    assert config.eta == pytest.approx(5e-4) and config.inner_optimizer == "adam"
-    assert (config.iterations, config.scale_lr, config.gamma) == (200, 2.5e-3, None)
-    assert config.seed == args.seed
-    sgd = GradInitTrainingArguments(output_dir=str(tmp_path), optim="sgd", learning_rate=0.1)
-    assert sgd.to_gradinit_config().inner_optimizer == "sgd"
-    assert inner_optimizer_for("adafactor") == ("adam", True)
-    assert inner_optimizer_for("lomo") == ("sgd", True)
-    assert inner_optimizer_for("something_new")[1] is False
-    assert default_logging_steps(100) == 1 and default_logging_steps(780) == 8
-
-    # Every GradInitConfig setting has a gradinit_* argument that reaches the config.
-    core = {f.name for f in dataclasses.fields(GradInitConfig)}
-    mine = {f.name for f in dataclasses.fields(GradInitArguments)}
-    # from learning_rate / optim / seed / adam_beta1, adam_beta2 / adam_epsilon (the
-    # lookahead's and the trial guard's settings follow the run's)
-    derived = {
-        "eta",
-        "inner_optimizer",
-        "seed",
-        "inner_betas",
-        "inner_eps",
-        "trial_lr",
-        "trial_betas",
-    }
-    assert {f"gradinit_{n}" for n in core - derived} <= mine
-    custom = GradInitTrainingArguments(
-        output_dir=str(tmp_path), gradinit_min_scale=0.2, gradinit_scale_betas=[0.5, 0.6]
-    ).to_gradinit_config()
-    assert custom.min_scale == 0.2 and custom.scale_betas == (0.5, 0.6)
-
-
-def test_reference_recipe_in_one_argument(tmp_path):
-    from hf_gradinit.cli import _parsers, _to_dataclass
-
-    args = GradInitTrainingArguments(
-        output_dir=str(tmp_path), learning_rate=5e-4, adam_beta2=0.999, gradinit_recipe="reference"
-    )
-    config = args.to_gradinit_config()
-    expected = GradInitConfig.reference(
-        5e-4, seed=args.seed, inner_betas=(0.9, 0.999), trial_lr=5e-4, trial_betas=(0.9, 0.999)
-    )
-    assert config == expected
-    assert (config.iterations, config.scale_lr, config.eta) == (780, 2.5e-3, 1e-3)  # 2x lr
-    assert (config.gamma, config.gamma_unit) == (2.5e-5, "per_parameter")
-    own = GradInitTrainingArguments(  # a multiplier the user sets wins over the recipe's
-        output_dir=str(tmp_path), learning_rate=5e-4, gradinit_recipe="reference",
-        gradinit_eta_multiplier=3.0,
-    ).to_gradinit_config()  # fmt: skip
-    assert own.eta == pytest.approx(1.5e-3)
-    assert config.constraint_moments == "separate"
-    # An argument set away from its default wins over the recipe.
-    mine = GradInitTrainingArguments(
-        output_dir=str(tmp_path), gradinit_recipe="reference", gradinit_iterations=50
-    ).to_gradinit_config()
-    assert (mine.iterations, mine.scale_lr) == (50, 2.5e-3)
-    # The same argument in `hf-gradinit init`.
-    namespace = _parsers().parse_args(
-        ["init", "--model_path", "m", "--train_file", "t", "--output_dir", "o"]
-        + ["--gradinit_recipe", "reference"]
-    )
-    cli = _to_dataclass(GradInitArguments, namespace).to_gradinit_config(learning_rate=5e-4)
-    assert cli == GradInitConfig.reference(5e-4, seed=cli.seed)
-    with pytest.raises(ValueError, match="gradinit_recipe"):
-        GradInitTrainingArguments(output_dir=str(tmp_path), gradinit_recipe="paper")
-
-
-def test_forced_mismatches_warn_and_bad_values_raise(tmp_path):
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        args = GradInitTrainingArguments(
-            output_dir=str(tmp_path),
-            learning_rate=5e-4,
-            gradinit_eta=5e-3,
-            gradinit_inner_optimizer="sgd",
-        )
-    messages = " | ".join(str(w.message) for w in caught)
-    assert "gradinit_eta=0.005" in messages and "contradicts optim" in messages
-    config = args.to_gradinit_config(warn=False)
-    assert (config.eta, config.inner_optimizer) == (5e-3, "sgd")  # allowed, only warned about
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # consistent settings: no warning
-        GradInitTrainingArguments(output_dir=str(tmp_path), learning_rate=5e-4, gradinit_eta=5e-4)
-
-    with pytest.raises(ValueError, match="gradinit_scale_lr must be a positive"):
-        GradInitTrainingArguments(output_dir=str(tmp_path), gradinit_scale_lr=-1.0)
-    with pytest.raises(ValueError, match="gradinit_batch_size must be >= 2"):
-        GradInitTrainingArguments(output_dir=str(tmp_path), gradinit_batch_size=1)
-    with pytest.raises(ValueError, match="gradinit_logging_steps"):
-        GradInitTrainingArguments(output_dir=str(tmp_path), gradinit_logging_steps=0)
-    # --no_gradinit skips the GradInit checks entirely.
-    GradInitTrainingArguments(output_dir=str(tmp_path), gradinit=False, gradinit_scale_lr=-1.0)
 
 
 def test_plain_seq2seq_arguments_get_the_default_gradinit_settings(tmp_path):
@@ -210,23 +146,6 @@ def test_plain_seq2seq_arguments_get_the_default_gradinit_settings(tmp_path):
     config = trainer.gradinit_config()
     assert trainer.gradinit_enabled
     assert (config.eta, config.inner_optimizer, config.iterations) == (3e-4, "sgd", 200)
-
-
-def test_hf_argument_parser_sees_the_gradinit_arguments(tmp_path):
-    parser = HfArgumentParser(GradInitTrainingArguments)
-    (on,) = parser.parse_args_into_dataclasses(
-        ["--output_dir", str(tmp_path), "--gradinit_iterations", "7", "--gradinit_gamma", "2"]
-    )
-    assert on.gradinit and on.gradinit_iterations == 7 and on.gradinit_gamma == 2.0
-    (off,) = parser.parse_args_into_dataclasses(["--output_dir", str(tmp_path), "--no_gradinit"])
-    assert off.gradinit is False
-    help_text = parser.format_help()
-    assert "--gradinit_eta_multiplier" in help_text and "--no_gradinit" in help_text
-
-
-# --------------------------------------------------------------------------------------
-# Training
-# --------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("factory", [tiny_bart, tiny_marian], ids=["bart", "marian"])
@@ -251,14 +170,14 @@ def test_training_starts_from_the_scaled_init_and_saves_it(tmp_path, factory):
 
     # GradInit metrics are in the log history, before the first training loss.
     history = trainer.state.log_history
-    entries = _gradinit_entries(history)
+    entries = gradinit_entries(history)
     assert [e["gradinit/iteration"] for e in entries[:-1]] == [1, 2, 3, 4]
     assert {"gradinit/loss", "gradinit/grad_norm", "gradinit/loss_after_step"} <= set(entries[0])
     assert entries[0]["gradinit/loss"] == pytest.approx(result.history[0]["loss"])
     assert entries[-1]["gradinit/runtime_s"] == pytest.approx(result.runtime_s)
     first_train = next(i for i, e in enumerate(history) if "loss" in e)
     assert history.index(entries[-1]) < first_train
-    assert len(_gradinit_entries(spy.logs)) == len(entries)  # reporters got them too
+    assert len(gradinit_entries(spy.logs)) == len(entries)  # reporters got them too
 
     # Scales file in the checkpoint and in output_dir; config.gradinit; reload is exact.
     trainer.save_model()
@@ -282,9 +201,9 @@ def test_resume_restores_the_checkpoint_and_does_not_run_gradinit(tmp_path, monk
     first.train()
     checkpoint = os.path.join(args.output_dir, "checkpoint-2")
     saved = snapshot(type(first.model).from_pretrained(checkpoint))
-    logged_before = len(_gradinit_entries(first.state.log_history))
+    logged_before = len(gradinit_entries(first.state.log_history))
 
-    monkeypatch.setattr(trainer_module, "compute_gradinit_scales", _never_called)
+    monkeypatch.setattr(callbacks_module, "compute_gradinit_scales", never_called)
     start = StartWeights()
     torch.manual_seed(123)  # a different random init, which the checkpoint must replace
     resumed = GradInitTrainer(
@@ -297,9 +216,10 @@ def test_resume_restores_the_checkpoint_and_does_not_run_gradinit(tmp_path, monk
     for name, tensor in saved.items():
         assert torch.equal(start.first[name], tensor), name
     assert resumed.state.global_step == 3
-    assert len(_gradinit_entries(resumed.state.log_history)) == logged_before  # none new
+    assert len(gradinit_entries(resumed.state.log_history)) == logged_before  # none new
     assert resumed.gradinit_result.scales == first.gradinit_result.scales  # record kept
-    assert resumed.model.config.gradinit == first.model.config.gradinit
+    # the same entry; its fingerprint follows each model's own weights (record.LiveRecord)
+    assert _without_fingerprint(resumed.model) == _without_fingerprint(first.model)
     resumed.save_model()  # the scales file survives the interruption and the resume
     survived = load_gradinit_result(os.path.join(resumed.args.output_dir, "gradinit_scales.json"))
     assert survived.scales == first.gradinit_result.scales
@@ -311,10 +231,10 @@ def test_second_train_call_does_not_rerun_gradinit(tmp_path, monkeypatch):
     )
     trainer.train()
     result = trainer.gradinit_result
-    monkeypatch.setattr(trainer_module, "compute_gradinit_scales", _never_called)
+    monkeypatch.setattr(callbacks_module, "compute_gradinit_scales", never_called)
     trainer.train()
     assert trainer.gradinit_result is result
-    assert _gradinit_entries(trainer.state.log_history) == []
+    assert gradinit_entries(trainer.state.log_history) == []
 
 
 def test_model_init_gets_each_fresh_model_initialized(tmp_path):
@@ -331,7 +251,7 @@ def test_model_init_gets_each_fresh_model_initialized(tmp_path):
     expected = _scaled(snapshot(tiny_bart()), trainer.gradinit_result)
     for name, tensor in expected.items():
         assert torch.equal(start.first[name], tensor), name
-    assert len(_gradinit_entries(trainer.state.log_history)) == 4
+    assert len(gradinit_entries(trainer.state.log_history)) == 4
     assert trainer.model.config.gradinit["summary"]["iterations"] == 3
 
 
@@ -354,29 +274,8 @@ def test_gradinit_off_trains_exactly_like_seq2seq_trainer(tmp_path):
     assert not hasattr(trainer.model.config, "gradinit")
 
 
-def _record_gradinit_batches(monkeypatch) -> list[dict]:
-    """Patch the trainer's GradInit call to record every batch GradInit draws (in a list)."""
-    seen: list[dict] = []
-    real = trainer_module.compute_gradinit_scales
-
-    def spy(model, batches, config, **kwargs):
-        def recorded():
-            for batch in batches:
-                seen.append(batch)
-                yield batch
-
-        class Again:  # re-iterable, like a DataLoader
-            def __iter__(self):
-                return recorded()
-
-        return real(model, Again(), config, **kwargs)
-
-    monkeypatch.setattr(trainer_module, "compute_gradinit_scales", spy)
-    return seen
-
-
 def test_run_gradinit_uses_gradinit_batch_size_and_logging_steps(tmp_path, monkeypatch):
-    batches = _record_gradinit_batches(monkeypatch)
+    batches = record_batches(monkeypatch, callbacks_module)
     args = _args(tmp_path, gradinit_iterations=5, gradinit_batch_size=4, gradinit_logging_steps=2)
     trainer = GradInitTrainer(model=tiny_bart(), args=args, train_dataset=seq2seq_examples(24))
     rng = torch.get_rng_state()
@@ -386,7 +285,7 @@ def test_run_gradinit_uses_gradinit_batch_size_and_logging_steps(tmp_path, monke
     assert sizes[:5] == [4] * 5
     assert trainer._train_batch_size == 6  # the training batch size is left alone
     trainer.train()  # the model is initialized: train() only logs what run_gradinit did
-    entries = _gradinit_entries(trainer.state.log_history)
+    entries = gradinit_entries(trainer.state.log_history)
     assert [e["gradinit/iteration"] for e in entries[:-1]] == [2, 4, 5]
     mean = sum(h["loss"] for h in result.history[:2]) / 2
     assert entries[0]["gradinit/loss"] == pytest.approx(mean)
@@ -395,7 +294,7 @@ def test_run_gradinit_uses_gradinit_batch_size_and_logging_steps(tmp_path, monke
 def test_trainer_logs_what_gradinit_did_with_a_tied_input_output_tensor(tmp_path, caplog):
     args = _args(tmp_path, gradinit_iterations=2)
     trainer = GradInitTrainer(model=tiny_bart(), args=args, train_dataset=seq2seq_examples(12))
-    with caplog.at_level(logging.INFO, logger="hf_gradinit.trainer"):
+    with caplog.at_level(logging.INFO, logger="hf_gradinit"):
         trainer.run_gradinit()
     logged = " ".join(r.getMessage() for r in caplog.records)
     assert "model.shared.weight = model.encoder.embed_tokens.weight" in logged
@@ -432,7 +331,7 @@ def _pad_collator(seen: list[list[int]]):
 def test_gradinit_batches_are_random_not_the_longest_under_group_by_length(tmp_path, monkeypatch):
     data = _varied_length_examples(240)
     lengths = sorted(len(ex["input_ids"]) for ex in data)
-    batches = _record_gradinit_batches(monkeypatch)
+    batches = record_batches(monkeypatch, callbacks_module)
     collated: list[list[int]] = []
     args = _args(
         tmp_path,
@@ -472,16 +371,25 @@ def test_a_subclass_sampler_is_left_alone_for_gradinit(tmp_path):
 
     args = _args(tmp_path, train_sampling_strategy="group_by_length")
     trainer = OwnSampler(model=tiny_marian(), args=args, train_dataset=seq2seq_examples(24))
-    trainer._gradinit_dataloader()
+    gradinit_dataloader(trainer)
     assert strategies == ["group_by_length"]
 
 
-def test_gradinit_optimizes_the_trainers_label_smoothed_loss(tmp_path):
+def test_gradinit_optimizes_the_trainers_label_smoothed_loss(tmp_path, monkeypatch):
     model = tiny_bart()
     args = _args(tmp_path, label_smoothing_factor=0.1)
-    trainer = GradInitTrainer(model=model, args=args, train_dataset=seq2seq_examples(24))
-    loss_fn = trainer.gradinit_loss_fn()
-    assert loss_fn is not None
+
+    def collate(features):  # as DataCollatorForSeq2Seq(model=...): decoder inputs given
+        batch = default_data_collator(features)
+        batch["decoder_input_ids"] = model.prepare_decoder_input_ids_from_labels(
+            labels=batch["labels"]
+        )
+        return batch
+
+    trainer = GradInitTrainer(
+        model=model, args=args, train_dataset=seq2seq_examples(24), data_collator=collate
+    )
+    loss_fn = trainer_compute_loss(trainer)
     batch = default_data_collator(seq2seq_examples(6))
     # as DataCollatorForSeq2Seq(model=...) gives them; compute_loss drops the labels
     batch["decoder_input_ids"] = model.prepare_decoder_input_ids_from_labels(labels=batch["labels"])
@@ -489,68 +397,22 @@ def test_gradinit_optimizes_the_trainers_label_smoothed_loss(tmp_path):
     with torch.no_grad():
         outputs = model(**batch)
         expected = trainer.compute_loss(model, dict(batch))
-        assert torch.allclose(loss_fn(outputs, batch), expected)
+        assert torch.allclose(loss_fn(model, batch), expected)
         assert not torch.allclose(outputs.loss, expected)  # it is not the plain model loss
+        assert "labels" in batch  # GradInit's batch is left as it was
+    # and it is the loss GradInit gets
+    real = callbacks_module.compute_gradinit_scales
+    given = []
 
+    def spy(model, batches, config=None, **kwargs):
+        given.append(kwargs["compute_loss"])
+        return real(model, batches, config, **kwargs)
 
-@pytest.mark.parametrize(
-    ("optim_args", "factor"),
-    [
-        ("momentum=0.9", 10.0),
-        ("nesterov=True, momentum = 0.5", 2.0),
-        ("momentum=0.9,dampening=0.5", 5.0),
-        (None, 1.0),
-        ("momentum=0", 1.0),
-        ("momentum=abc", 1.0),  # unreadable: torch's SGD will say so itself
-    ],
-)
-def test_sgd_step_factor_is_the_steady_step_of_torch_sgd(optim_args, factor):
-    """Checked against torch.optim.SGD itself: under a constant gradient, its step settles
-    at factor x lr x g."""
-    assert sgd_step_factor(optim_args) == pytest.approx(factor)
-    if factor == 1.0 and optim_args:
-        return
-    kwargs = {
-        k.strip(): (v.strip() == "True" if k.strip() == "nesterov" else float(v))
-        for k, v in (kv.split("=") for kv in (optim_args or "").split(",") if kv)
-    }
-    p = torch.nn.Parameter(torch.zeros(()))
-    opt = torch.optim.SGD([p], lr=0.1, **kwargs)
-    for _ in range(300):
-        before = p.detach().clone()
-        p.grad = torch.ones(())
-        opt.step()
-    assert float(before - p.detach()) == pytest.approx(factor * 0.1, rel=1e-4)
-
-
-@pytest.mark.parametrize(
-    ("optim", "optim_args", "inner", "eta"),
-    [
-        ("sgd", "momentum=0.9", None, 1.0),  # lr 0.1 / (1 - 0.9)
-        ("sgd", None, None, 0.1),
-        ("sgd", "momentum=0.9", "adam", 0.1),  # a forced sign step: no momentum factor
-        ("adamw_torch", "momentum=0.9", None, 0.1),  # not an SGD step
-    ],
-)
-def test_eta_with_sgd_momentum_is_the_steady_step(tmp_path, optim, optim_args, inner, eta):
-    forced = pytest.warns(UserWarning, match="contradicts") if inner else warnings.catch_warnings()
-    with forced:
-        args = _args(
-            tmp_path, optim=optim, optim_args=optim_args, learning_rate=0.1,
-            gradinit_inner_optimizer=inner,
-        )  # fmt: skip
-    assert args.to_gradinit_config(warn=False).eta == pytest.approx(eta)
-    if inner is not None:  # forcing the inner optimizer against optim is warned about
-        return
-    # the trainer gets the same eta, also from plain Seq2SeqTrainingArguments
-    trainer = GradInitTrainer(model=tiny_marian(), args=args, train_dataset=seq2seq_examples(6))
-    assert trainer.gradinit_config().eta == pytest.approx(eta)
-    plain = Seq2SeqTrainingArguments(
-        output_dir=str(tmp_path / "plain"), optim=optim, optim_args=optim_args,
-        learning_rate=0.1, report_to="none", use_cpu=True,
-    )  # fmt: skip
-    trainer = GradInitTrainer(model=tiny_marian(), args=plain, train_dataset=seq2seq_examples(6))
-    assert trainer.gradinit_config().eta == pytest.approx(eta)
+    monkeypatch.setattr(callbacks_module, "compute_gradinit_scales", spy)
+    trainer.run_gradinit()
+    (compute_loss,) = given
+    with torch.no_grad():
+        assert torch.allclose(compute_loss(model, batch), trainer.compute_loss(model, dict(batch)))
 
 
 def test_optimizer_cls_and_kwargs_is_the_optimizer_that_trains(tmp_path):
@@ -570,3 +432,203 @@ def test_optimizer_cls_and_kwargs_is_the_optimizer_that_trains(tmp_path):
     assert optimizer.param_groups[0]["betas"] == (0.9, 0.98)
     plain = GradInitTrainer(model=tiny_marian(), args=args, train_dataset=seq2seq_examples(12))
     assert not isinstance(plain.create_optimizer(), torch.optim.RAdam)
+
+
+def test_trainer_initializes_a_fresh_model_built_from_an_initialized_config(tmp_path):
+    folder, _, old = initialized_checkpoint(tmp_path, iterations=2)
+    fresh = fresh_from_config(folder)
+    trainer = GradInitTrainer(
+        model=fresh, args=_train_args(tmp_path), train_dataset=seq2seq_examples(24)
+    )
+    trainer.train()
+    result = trainer.gradinit_result
+    assert result is not None and len(result.history) == 3  # it ran, 3 iterations, not 2
+    assert result.scales != old.scales
+    trainer.save_model()
+    out = Path(trainer.args.output_dir)
+    assert load_gradinit_result(out).scales == result.scales  # not the other checkpoint's file
+    # A checkpoint saved after training is initialized (the record follows the trained
+    # weights); a fresh model from its config is not.
+    assert is_initialized(AutoModelForSeq2SeqLM.from_pretrained(out))
+    assert not is_initialized(fresh_from_config(out))
+
+
+def test_no_gradinit_does_not_save_a_stale_record(tmp_path):
+    folder, _, _ = initialized_checkpoint(tmp_path)
+    trainer = GradInitTrainer(
+        model=fresh_from_config(folder),
+        args=_train_args(tmp_path, gradinit=False),
+        train_dataset=seq2seq_examples(24),
+    )
+    trainer.train()
+    trainer.save_model()
+    saved = json.loads((Path(trainer.args.output_dir) / "config.json").read_text())
+    assert "gradinit" not in saved
+    assert not (Path(trainer.args.output_dir) / SCALES_FILE).exists()
+
+
+def test_trained_initialized_checkpoint_continues_without_rescaling(tmp_path, monkeypatch):
+    """Training moves the weights away from the init; the saved record follows them."""
+    folder, _, old = initialized_checkpoint(tmp_path)
+    first = GradInitTrainer(
+        model=AutoModelForSeq2SeqLM.from_pretrained(folder),
+        args=_train_args(tmp_path, "first", max_steps=3, learning_rate=1e-2),
+        train_dataset=seq2seq_examples(24),
+    )
+    first.train()
+    first.save_model()
+    monkeypatch.setattr(callbacks_module, "compute_gradinit_scales", never_called)
+    trained = AutoModelForSeq2SeqLM.from_pretrained(first.args.output_dir)
+    assert is_initialized(trained)
+    second = GradInitTrainer(
+        model=trained, args=_train_args(tmp_path, "second"), train_dataset=seq2seq_examples(24)
+    )
+    second.train()
+    assert second.gradinit_result.scales == old.scales  # the record travels with the weights
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_trainer_with_a_seq2seq_collator_masks_label_padding(tmp_path, monkeypatch, family):
+    model = FAMILIES[family]()
+    batches = record_batches(monkeypatch, callbacks_module)
+    trainer = GradInitTrainer(
+        model=model,
+        args=_train_args(tmp_path, gradinit_iterations=2),
+        train_dataset=translation_features(),
+        data_collator=DataCollatorForSeq2Seq(tiny_tokenizer(), model=model),
+    )
+    trainer.run_gradinit()
+    assert_label_padding_masked(batches)
+
+
+@pytest.mark.parametrize("examples,expected", [(4, 3), (7, 3), (2, 2)])
+def test_trainer_gradinit_batches_are_whole(tmp_path, monkeypatch, examples, expected):
+    batches = record_batches(monkeypatch, callbacks_module)
+    args = _train_args(tmp_path, per_device_train_batch_size=3, gradinit_iterations=5)
+    trainer = GradInitTrainer(
+        model=tiny_marian(), args=args, train_dataset=seq2seq_examples(examples)
+    )
+    trainer.train()
+    assert [b["input_ids"].shape[0] for b in batches][:5] == [expected] * 5
+    assert trainer.args.dataloader_drop_last is False  # training's loader is left alone
+
+
+def test_a_gradinit_batch_of_one_is_refused_and_gradinit_batch_size_is_used(tmp_path, monkeypatch):
+    # (the arguments themselves: tests/test_arguments.py)
+    plain = Seq2SeqTrainingArguments(
+        str(tmp_path / "plain"), per_device_train_batch_size=1, use_cpu=True, report_to="none"
+    )
+    with pytest.raises(ValueError, match="gradinit_batch_size"):
+        GradInitTrainer(model=tiny_marian(), args=plain, train_dataset=seq2seq_examples(8))
+
+    batches = record_batches(monkeypatch, callbacks_module)
+    args = _train_args(
+        tmp_path, per_device_train_batch_size=1, gradient_accumulation_steps=8,
+        gradinit_batch_size=4, gradinit_iterations=2,
+    )  # fmt: skip
+    GradInitTrainer(model=tiny_marian(), args=args, train_dataset=seq2seq_examples(12)).train()
+    assert [b["input_ids"].shape[0] for b in batches][:2] == [4, 4]
+
+
+def test_trainer_writes_the_card_wherever_it_saves(tmp_path):
+    args = _train_args(tmp_path, max_steps=2, save_strategy="steps", save_steps=2)
+    trainer = GradInitTrainer(model=tiny_marian(), args=args, train_dataset=seq2seq_examples(24))
+    trainer.train()
+    checkpoint = Path(args.output_dir) / "checkpoint-2"
+    assert "## GradInit" in (checkpoint / "README.md").read_text()
+    trainer.create_model_card(language=["de", "en"], results={"test BLEU": 12.5})
+    (Path(args.output_dir) / "README.md").unlink()
+    trainer.save_model()  # no push: the card is written, with the metadata given before
+    card = ModelCard.load(Path(args.output_dir) / "README.md")
+    assert card.data.language == ["de", "en"] and "- test BLEU: 12.5" in card.text
+    assert "## GradInit" in card.text
+
+
+def _dtypes(seen, gradinit: bool) -> set[torch.dtype]:
+    return {dtype for inside, dtype in seen if inside == gradinit}
+
+
+def test_trainer_with_bf16_runs_gradinit_in_fp32_then_trains_in_bf16(tmp_path, forward_dtypes):
+    seen, watch = forward_dtypes
+    model = watch(tiny_marian())
+    args = GradInitTrainingArguments(
+        output_dir=str(tmp_path),
+        use_cpu=True,
+        bf16=True,
+        report_to="none",
+        disable_tqdm=True,
+        per_device_train_batch_size=6,
+        max_steps=2,
+        logging_steps=1,
+        learning_rate=1e-3,
+        gradinit_iterations=3,
+        gradinit_probe_steps=2,  # the probe, too, in fp32
+        save_strategy="no",
+    )
+    trainer = GradInitTrainer(
+        model=model,
+        args=args,
+        train_dataset=seq2seq_examples(24),
+        data_collator=default_data_collator,
+    )
+    trainer.train()
+    assert len(trainer.gradinit_result.history) == 3
+    assert _dtypes(seen, gradinit=True) == {torch.float32}  # GradInit: fp32
+    assert _dtypes(seen, gradinit=False) == {torch.bfloat16}  # training: bf16 autocast
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # master weights
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert losses and all(torch.isfinite(torch.tensor(losses)))
+
+
+# --------------------------------------------------------------------------------------
+# GradInitCallback in any Trainer; the probe trains with the trainer's optimizer
+# --------------------------------------------------------------------------------------
+
+
+def test_callback_runs_gradinit_in_a_plain_trainer_and_logs_before_the_first_loss(tmp_path):
+    model = tiny_marian()
+    original = snapshot(model)
+    start, spy = StartWeights(), LogSpy()
+    callback = GradInitCallback(GradInitConfig(iterations=3, probe_steps=2, scale_lr=5e-2))
+    trainer = Trainer(
+        model=model,
+        args=_args(tmp_path, learning_rate=2e-3, gradinit_iterations=50),  # the callback's wins
+        train_dataset=seq2seq_examples(24),
+        data_collator=default_data_collator,
+        callbacks=[callback, start, spy],
+    )
+    trainer.train()
+    result = callback.result
+    assert isinstance(result, GradInitResult) and len(result.history) == 3
+    assert result.config.eta == pytest.approx(2e-3)  # eta: the run's learning rate
+    assert result.probe["steps"] == 2 and callback.result_for(model) is result
+    expected = _scaled(original, result)
+    for name, tensor in expected.items():
+        assert torch.equal(start.first[name], tensor), name
+    assert model.config.gradinit["summary"]["iterations"] == 3
+    history = trainer.state.log_history
+    entries = gradinit_entries(history)
+    assert [e["gradinit/iteration"] for e in entries[:-1]] == [1, 2, 3]
+    assert entries[-1]["gradinit/kept"] == float(result.kept)
+    assert all(e["step"] == 0 for e in entries)  # GradInit happened before the first step
+    first_train = next(i for i, e in enumerate(history) if "loss" in e)
+    assert history.index(entries[-1]) < first_train
+    assert len(gradinit_entries(spy.logs)) == len(entries)
+
+
+def test_the_probe_trains_with_the_trainers_optimizer(tmp_path):
+    args = _args(tmp_path, learning_rate=3e-4, adam_beta2=0.95, weight_decay=0.1)
+    trainer = GradInitTrainer(model=tiny_marian(), args=args, train_dataset=seq2seq_examples(6))
+    model = trainer.model
+    named = [(n, p.detach().clone().requires_grad_(True)) for n, p in model.named_parameters()]
+    optimizer = trainer_probe_optimizer(trainer, model)(named)
+    assert isinstance(optimizer, torch.optim.AdamW)
+    decay, no_decay = optimizer.param_groups
+    assert (decay["weight_decay"], no_decay["weight_decay"]) == (0.1, 0.0)
+    assert decay["lr"] == 3e-4 and decay["betas"] == (0.9, 0.95)
+    assert len(decay["params"]) + len(no_decay["params"]) == len(named)
+    radam = GradInitTrainer(
+        model=tiny_marian(), args=args, train_dataset=seq2seq_examples(6),
+        optimizer_cls_and_kwargs=(torch.optim.RAdam, {"lr": 3e-4}),
+    )  # fmt: skip
+    assert isinstance(trainer_probe_optimizer(radam, radam.model)(named), torch.optim.RAdam)

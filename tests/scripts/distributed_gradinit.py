@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from conftest import seq2seq_examples, tiny_marian  # noqa: E402
+from testing_utils import seq2seq_examples, tiny_marian  # noqa: E402
 from transformers import default_data_collator  # noqa: E402
 
 from hf_gradinit import GradInitConfig, compute_gradinit_scales  # noqa: E402
@@ -29,7 +29,7 @@ def main(out: str) -> None:
     half = 12 // state.num_processes
     lo = state.process_index * half
     local = [{k: v[lo : lo + half] for k, v in b.items()} for b in global_batches]
-    config = GradInitConfig(iterations=6, scale_lr=2e-2, overlap=1.0, gamma=0.9)
+    config = GradInitConfig(iterations=6, scale_lr=2e-2, overlap=1.0, gamma=0.9, probe_steps=0)
     result = compute_gradinit_scales(model, local, config, accelerator=state, show_progress=False)
     record = {
         "world_size": torch.distributed.get_world_size()
@@ -64,6 +64,7 @@ def trainer_main(out: str) -> None:
         max_steps=2,
         learning_rate=1e-3,
         gradinit_iterations=3,
+        gradinit_probe_steps=2,  # the probe's losses are averaged across processes too
         save_strategy="no",
         seed=0,
     )
