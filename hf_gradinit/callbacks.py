@@ -236,6 +236,7 @@ class GradInitCallback(TrainerCallback):
         self.batch_size = batch_size
         self.logging_steps = logging_steps
         self._results: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._trained: weakref.WeakSet = weakref.WeakSet()  # models whose training ended
         self._pending: list[dict[str, float]] = []
         self._logged_into: list[weakref.ref] = []  # the TrainerStates holding the entries
         self.result: GradInitResult | None = None  # the last run's
@@ -318,6 +319,8 @@ class GradInitCallback(TrainerCallback):
             summary["first_loss_after_step"],
             summary["last_loss_after_step"],
         )
+        for note in result.tied_notes():
+            logger.info("GradInit: %s", note.replace("`", ""))
         return result
 
     def result_for(self, model: torch.nn.Module) -> GradInitResult | None:
@@ -368,16 +371,24 @@ class GradInitCallback(TrainerCallback):
         result = self._results.get(model)
         if state.global_step > 0:  # resuming: the checkpoint's weights are initialized
             record.keep_current(model)
-        elif result is None and self.enabled(args):
-            if record.drop_stale_record(model) in ("initialized", "unverified"):
+        elif result is None:
+            initialized = record.drop_stale_record(model) in ("initialized", "unverified")
+            if initialized:
                 logger.info("The model is already GradInit-initialized; not running GradInit.")
                 record.keep_current(model)
-            else:
+            elif self.enabled(args):
                 self.initialize(trainer, model)
         elif (
-            result is not None
+            model not in self._trained
             and not self._pending
             and all(r() is not state for r in self._logged_into)
         ):
-            self._queue(trainer, result)  # a new TrainerState (a retried or second run)
+            # the training loop was entered again before it ended (a retry with a smaller
+            # batch): its new TrainerState gets the entries too
+            self._queue(trainer, result)
+        return control
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        if model is not None:
+            self._trained.add(unwrap_model(model))
         return control

@@ -137,14 +137,14 @@ class GradInitTrainer(Seq2SeqTrainer):
         model = self.model
         if resume_from_checkpoint is not None:
             self._restore_gradinit_record(resume_from_checkpoint)
-        elif self.gradinit_enabled and self.gradinit_callback.result_for(model) is None:
-            state = record.drop_stale_record(model)
-            if state in ("initialized", "unverified"):
+        elif self.gradinit_callback.result_for(model) is None:
+            # a stale record (a fresh model from an initialized config) is never saved again
+            if record.drop_stale_record(model) in ("initialized", "unverified"):
                 name = getattr(getattr(model, "config", None), "_name_or_path", "") or ""
-                if name and os.path.isdir(name):
+                if self.gradinit_enabled and name and os.path.isdir(name):
                     self._restore_gradinit_record(name, must_match=True)
                 logger.info("The model is already GradInit-initialized; not running GradInit.")
-            else:
+            elif self.gradinit_enabled:
                 self.run_gradinit()
         return super()._inner_training_loop(
             batch_size=batch_size,
