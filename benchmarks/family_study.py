@@ -52,7 +52,9 @@ WORKLOADS: dict[str, dict] = {
     "gpt-reverse": dict(split="dev", model="openai-gpt", layers=6, task="lm-reverse", lr=1e-3),
     "bert-majority": dict(split="dev", model="bert-cls", layers=6, task="majority", lr=3e-3),
     "cnn-digits-sgd": dict(split="dev", model="cnn", task="digits", lr=0.05, optim="sgd"),
-    "marian-reverse": dict(split="dev", model="marian-reference", layers=6, task="reverse", lr=1e-3),
+    "marian-reverse": dict(
+        split="dev", model="marian-reference", layers=6, task="reverse", lr=1e-3
+    ),
     "marian-shared-reverse-2e-3": dict(
         split="dev", model="marian-shared", layers=6, task="reverse", lr=2e-3
     ),
@@ -95,6 +97,11 @@ METHODS: dict[str, dict] = {
         gradinit_probe_steps=200,
         gradinit_probe_margin=0.05,
     ),
+    # ablations: the scales gradinit_v01 learned on the same seed, replayed (in part, or
+    # raised to a power) on the fresh init, then trained without GradInit
+    "replay_gains": dict(gradinit=False, _replay="gradinit_v01", _kinds="gain", _power=1.0),
+    "replay_weights": dict(gradinit=False, _replay="gradinit_v01", _kinds="weight", _power=1.0),
+    "replay_half": dict(gradinit=False, _replay="gradinit_v01", _kinds="all", _power=0.5),
 }
 
 
@@ -177,7 +184,6 @@ def digits_split(seed: int = 0):
 def make_cnn():
     """8 conv3x3 + ReLU layers in 2 stages (32 and 64 channels, the second at half the
     resolution) and a linear head; no normalization, PyTorch's default init."""
-    import torch
     from torch import nn
 
     class DigitsCNN(nn.Module):
@@ -297,8 +303,25 @@ def _held_out_metrics(trainer, model, held_out: list[dict], spec: dict) -> dict:
     return out
 
 
-def run_one(name: str, method: dict, seed: int, *, threads: int = 1) -> dict:
-    """Train workload ``name`` with ``method`` and ``seed``; returns the run's record."""
+def replay_scales(model, scales: dict, kinds: str, power: float) -> None:
+    """Multiply the model's tensors by recorded GradInit scales (an ablation): only those of
+    ``kinds`` ("all", "gain", "weight"), each raised to ``power``."""
+    import torch
+
+    from hf_gradinit.core.selection import tensor_kind
+
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in scales.items():
+            if kinds == "all" or tensor_kind(name, params[name]) == kinds:
+                params[name].mul_(value**power)
+
+
+def run_one(
+    name: str, method: dict, seed: int, *, threads: int = 1, replay: dict | None = None
+) -> dict:
+    """Train workload ``name`` with ``method`` and ``seed``; returns the run's record.
+    ``replay``: {"scales", "kinds", "power"}, scales applied before training (ablations)."""
     import torch
     from transformers import PrinterCallback, default_data_collator
 
@@ -306,9 +329,12 @@ def run_one(name: str, method: dict, seed: int, *, threads: int = 1) -> dict:
 
     torch.set_num_threads(threads)
     spec = WORKLOADS[name]
+    method = {k: v for k, v in method.items() if not k.startswith("_")}
     start = time.perf_counter()
     torch.manual_seed(seed)
     model = make_model(spec)
+    if replay is not None:
+        replay_scales(model, replay["scales"], replay["kinds"], replay["power"])
     if spec["task"] == "digits":
         train, held_out = digits_split()
         steps = CNN_EPOCHS * (len(train) // BATCH)
@@ -384,8 +410,18 @@ def run_key(name: str, method: str, seed: int) -> str:
 
 
 def _worker(job: tuple) -> tuple[str, dict]:
-    key, name, method_args, seed = job
-    return key, run_one(name, method_args, seed)
+    key, name, method_args, seed, replay = job
+    return key, run_one(name, method_args, seed, replay=replay)
+
+
+def _replay_for(cache: dict, name: str, method: dict, seed: int) -> dict | None:
+    """The recorded scales an ablation method replays (None: not an ablation)."""
+    if "_replay" not in method:
+        return None
+    source = cache.get(run_key(name, method["_replay"], seed))
+    if source is None or "scales" not in source:
+        raise SystemExit(f"run {run_key(name, method['_replay'], seed)} first: it is replayed")
+    return {"scales": source["scales"], "kinds": method["_kinds"], "power": method["_power"]}
 
 
 def load_cache(path: Path) -> dict:
@@ -405,20 +441,24 @@ def save_cache(path: Path, cache: dict) -> None:
 def summarize(cache: dict, name: str, method: str) -> dict | None:
     """Per-seed scores of a method and, against ``none`` on the same seeds, the paired
     differences and the verdict (worse when the mean difference exceeds the noise)."""
-    seeds = sorted(
-        int(k.rsplit("/s", 1)[1]) for k in cache if k.startswith(f"{name}/{method}/s")
-    )
+    seeds = sorted(int(k.rsplit("/s", 1)[1]) for k in cache if k.startswith(f"{name}/{method}/s"))
     if not seeds:
         return None
     scores = {s: score(name, cache[run_key(name, method, s)]) for s in seeds}
     out = {"seeds": seeds, "scores": scores, "mean": statistics.fmean(scores.values())}
-    base = {s: score(name, cache[run_key(name, "none", s)]) for s in seeds if run_key(name, "none", s) in cache}
+    base = {
+        s: score(name, cache[run_key(name, "none", s)])
+        for s in seeds
+        if run_key(name, "none", s) in cache
+    }
     if method != "none" and base:
         diffs = [scores[s] - base[s] for s in base]
         noise = statistics.pstdev(base.values()) if len(base) > 1 else 0.0
         out["mean_diff"] = statistics.fmean(diffs)
         out["noise"] = noise
-        out["worse"] = out["mean_diff"] > max(noise, 0.02 * max(statistics.fmean(base.values()), 0.05))
+        out["worse"] = out["mean_diff"] > max(
+            noise, 0.02 * max(statistics.fmean(base.values()), 0.05)
+        )
     return out
 
 
@@ -509,7 +549,8 @@ def main(argv=None) -> None:
                 for method in args.methods:
                     key = run_key(name, method, seed)
                     if key not in cache:
-                        jobs.append((key, name, METHODS[method], seed))
+                        replay = _replay_for(cache, name, METHODS[method], seed)
+                        jobs.append((key, name, METHODS[method], seed, replay))
     print(f"{len(jobs)} run(s) to do, {len(cache)} cached", file=sys.stderr)
     with ProcessPoolExecutor(max_workers=max(1, args.workers)) as pool:
         futures = [pool.submit(_worker, job) for job in jobs]
