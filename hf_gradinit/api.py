@@ -19,7 +19,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import record
 from .config import GradInitConfig, GradInitError
 from .core.batches import cycle
 from .core.loop import learn_scales
@@ -27,6 +26,7 @@ from .core.probe import MakeOptimizer, probe
 from .core.problem import ComputeLoss, ScaledModel, gradinit_mode, model_device
 from .core.selection import tensor_kind
 from .data import make_dataloader
+from .record import check_not_initialized
 from .result import GradInitResult, unwrap_model
 
 logger = logging.getLogger(__name__)
@@ -256,7 +256,7 @@ def apply_gradinit(
             is already initialized.
     """
     model = unwrap_model(model)
-    record.check_not_initialized(model, warn_stale=True)
+    check_not_initialized(model, warn_stale=True)
     if accelerator is None:
         from accelerate import PartialState
 

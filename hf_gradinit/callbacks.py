@@ -26,11 +26,11 @@ from typing import Any
 import torch
 from transformers import Trainer, TrainerCallback
 
-from . import record
 from .api import compute_gradinit_scales
 from .arguments import GradInitArguments
 from .config import GradInitConfig, GradInitError
 from .core.probe import MakeOptimizer
+from .record import drop_stale_record, keep_current
 from .result import GradInitResult, unwrap_model
 
 logger = logging.getLogger(__name__)
@@ -265,7 +265,7 @@ class GradInitCallback(TrainerCallback):
         optimizer, apply the scales and queue the log entries. Refuses a model that is
         already initialized (scales would compound)."""
         model = unwrap_model(model if model is not None else trainer.model)
-        if record.drop_stale_record(model) in ("initialized", "unverified"):
+        if drop_stale_record(model) in ("initialized", "unverified"):
             raise GradInitError(
                 "This model is already GradInit-initialized (its model.config.gradinit "
                 "matches its weights); running GradInit again would compound the scales. "
@@ -370,12 +370,12 @@ class GradInitCallback(TrainerCallback):
         model = unwrap_model(model if model is not None else trainer.model)
         result = self._results.get(model)
         if state.global_step > 0:  # resuming: the checkpoint's weights are initialized
-            record.keep_current(model)
+            keep_current(model)
         elif result is None:
-            initialized = record.drop_stale_record(model) in ("initialized", "unverified")
+            initialized = drop_stale_record(model) in ("initialized", "unverified")
             if initialized:
                 logger.info("The model is already GradInit-initialized; not running GradInit.")
-                record.keep_current(model)
+                keep_current(model)
             elif self.enabled(args):
                 self.initialize(trainer, model)
         elif (

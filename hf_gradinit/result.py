@@ -10,8 +10,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import record
 from .config import GradInitConfig, GradInitError
+from .record import SCALES_FILE, check_not_initialized, record_in_config
 from .version import __version__
 
 # Prefixes that wrappers put before the wrapped model's parameter names.
@@ -149,7 +149,7 @@ class GradInitResult:
         (those live in ``gradinit_scales.json``)."""
         return {
             "hf_gradinit_version": __version__,
-            "scales_file": record.SCALES_FILE,
+            "scales_file": SCALES_FILE,
             "settings": self.config.to_dict(),
             "summary": self.summary(),
         }
@@ -158,7 +158,7 @@ class GradInitResult:
         """Multiply the model's tensors by the learned scales (see :func:`apply_scales`) and
         record it in ``model.config.gradinit`` (an HF model), so it is not scaled twice."""
         apply_scales(model, self.scales)
-        record.record_in_config(unwrap_model(model), self.config_entry(), self.scales)
+        record_in_config(unwrap_model(model), self.config_entry(), self.scales)
 
 
 def apply_scales(model: nn.Module, scales: Mapping[str, float]) -> None:
@@ -175,7 +175,7 @@ def apply_scales(model: nn.Module, scales: Mapping[str, float]) -> None:
             different scales, or an initialized model.
     """
     model = unwrap_model(model)
-    record.check_not_initialized(model)
+    check_not_initialized(model)
     by_name = dict(model.named_parameters(remove_duplicate=False))
     named = {_strip_wrapper_prefixes(n): v for n, v in scales.items()}
     unknown = sorted(set(named) - set(by_name))

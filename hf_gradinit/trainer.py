@@ -22,11 +22,20 @@ from typing import Any
 import torch
 from transformers import Seq2SeqTrainer
 
-from . import hub, record
 from .arguments import GradInitArguments, GradInitTrainingArguments, check_gradinit_batch_size
 from .callbacks import GradInitCallback
+from .card import CARD_FILE, render_scales_plot, trainer_model_card
 from .config import GradInitConfig, GradInitError
 from .data import label_safe_collator
+from .hub import load_gradinit_result, write_gradinit_files
+from .record import (
+    CONFIG_KEY,
+    SCALES_FILE,
+    drop_stale_record,
+    keep_current,
+    record_in_config,
+    same_run,
+)
 from .result import GradInitResult
 
 logger = logging.getLogger(__name__)
@@ -106,22 +115,22 @@ class GradInitTrainer(Seq2SeqTrainer):
     def _restore_gradinit_record(self, folder: str | os.PathLike, must_match: bool = False) -> None:
         """Take the GradInit record of a checkpoint or of the folder the model came from
         (``must_match``: only if it is the run the model's ``config.gradinit`` names)."""
-        path = os.path.join(str(folder), hub.SCALES_FILE)
+        path = os.path.join(str(folder), SCALES_FILE)
         if not os.path.isfile(path):
             return
         try:
-            result = hub.load_gradinit_result(path)
+            result = load_gradinit_result(path)
         except ValueError as err:
             logger.warning("Ignoring %s: %s", path, err)
             return
-        entry = getattr(getattr(self.model, "config", None), record.CONFIG_KEY, None)
-        if must_match and entry and not record.same_run(entry, result.config_entry()):
+        entry = getattr(getattr(self.model, "config", None), CONFIG_KEY, None)
+        if must_match and entry and not same_run(entry, result.config_entry()):
             logger.warning(
                 "Ignoring %s: it is not the GradInit run the model's config names.", path
             )
             return
         self._gradinit_restored = result
-        record.record_in_config(self.model, result.config_entry(), result.scales)
+        record_in_config(self.model, result.config_entry(), result.scales)
 
     def _inner_training_loop(
         self,
@@ -139,7 +148,7 @@ class GradInitTrainer(Seq2SeqTrainer):
             self._restore_gradinit_record(resume_from_checkpoint)
         elif self.gradinit_callback.result_for(model) is None:
             # a stale record (a fresh model from an initialized config) is never saved again
-            if record.drop_stale_record(model) in ("initialized", "unverified"):
+            if drop_stale_record(model) in ("initialized", "unverified"):
                 name = getattr(getattr(model, "config", None), "_name_or_path", "") or ""
                 if self.gradinit_enabled and name and os.path.isdir(name):
                     self._restore_gradinit_record(name, must_match=True)
@@ -162,10 +171,10 @@ class GradInitTrainer(Seq2SeqTrainer):
         result = self.gradinit_result
         if result is not None and state_dict is not None:
             # the weights saved are this state dict's (a sharded model's full copy)
-            record.record_in_config(self.model, result.config_entry(), result.scales, state_dict)
+            record_in_config(self.model, result.config_entry(), result.scales, state_dict)
         super()._save(output_dir, state_dict)
         if result is not None:
-            record.keep_current(self.model)
+            keep_current(self.model)
             if self.args.should_save:
                 self._write_model_card(output_dir, **self._card_kwargs)
 
@@ -218,11 +227,11 @@ class GradInitTrainer(Seq2SeqTrainer):
         os.makedirs(folder, exist_ok=True)
         cached = getattr(self, "_gradinit_png", None)
         if cached is None or cached[0] is not result:  # render once, write into every save
-            cached = (result, hub.render_scales_plot(result) or False)
+            cached = (result, render_scales_plot(result) or False)
             self._gradinit_png = cached
-        has_plot = hub.write_gradinit_files(folder, result, plot=cached[1])
-        card = hub.trainer_model_card(self, result, has_plot=has_plot, **card_kwargs)
-        card.save(os.path.join(folder, hub.CARD_FILE))
+        has_plot = write_gradinit_files(folder, result, plot=cached[1])
+        card = trainer_model_card(self, result, has_plot=has_plot, **card_kwargs)
+        card.save(os.path.join(folder, CARD_FILE))
 
 
 __all__ = ["GradInitError", "GradInitTrainer"]
