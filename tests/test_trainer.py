@@ -1,6 +1,6 @@
-"""hf_gradinit.trainer and hf_gradinit.callbacks: when GradInit runs, what training starts
-from, what gets logged and saved, that --no_gradinit is plain Seq2SeqTrainer, and
-GradInitCallback in any Trainer."""
+"""hf_gradinit.trainer (and the parts of hf_gradinit.callbacks it runs): when GradInit runs,
+what training starts from, what gets logged and saved, and that --no_gradinit is plain
+Seq2SeqTrainer. GradInitCallback in other Trainers: tests/test_callbacks.py."""
 
 from __future__ import annotations
 
@@ -33,7 +33,6 @@ from transformers import (
     DataCollatorForSeq2Seq,
     Seq2SeqTrainer,
     Seq2SeqTrainingArguments,
-    Trainer,
     TrainerCallback,
     default_data_collator,
     set_seed,
@@ -42,8 +41,6 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 
 import hf_gradinit.callbacks as callbacks_module
 from hf_gradinit import (
-    GradInitCallback,
-    GradInitConfig,
     GradInitResult,
     GradInitTrainer,
     GradInitTrainingArguments,
@@ -581,39 +578,9 @@ def test_trainer_with_bf16_runs_gradinit_in_fp32_then_trains_in_bf16(tmp_path, f
 
 
 # --------------------------------------------------------------------------------------
-# GradInitCallback in any Trainer; the probe trains with the trainer's optimizer
+# The probe trains with the trainer's optimizer (GradInitCallback in any Trainer:
+# tests/test_callbacks.py)
 # --------------------------------------------------------------------------------------
-
-
-def test_callback_runs_gradinit_in_a_plain_trainer_and_logs_before_the_first_loss(tmp_path):
-    model = tiny_marian()
-    original = snapshot(model)
-    start, spy = StartWeights(), LogSpy()
-    callback = GradInitCallback(GradInitConfig(iterations=3, probe_steps=2, scale_lr=5e-2))
-    trainer = Trainer(
-        model=model,
-        args=_args(tmp_path, learning_rate=2e-3, gradinit_iterations=50),  # the callback's wins
-        train_dataset=seq2seq_examples(24),
-        data_collator=default_data_collator,
-        callbacks=[callback, start, spy],
-    )
-    trainer.train()
-    result = callback.result
-    assert isinstance(result, GradInitResult) and len(result.history) == 3
-    assert result.config.eta == pytest.approx(2e-3)  # eta: the run's learning rate
-    assert result.probe["steps"] == 2 and callback.result_for(model) is result
-    expected = _scaled(original, result)
-    for name, tensor in expected.items():
-        assert torch.equal(start.first[name], tensor), name
-    assert model.config.gradinit["summary"]["iterations"] == 3
-    history = trainer.state.log_history
-    entries = gradinit_entries(history)
-    assert [e["gradinit/iteration"] for e in entries[:-1]] == [1, 2, 3]
-    assert entries[-1]["gradinit/kept"] == float(result.kept)
-    assert all(e["step"] == 0 for e in entries)  # GradInit happened before the first step
-    first_train = next(i for i, e in enumerate(history) if "loss" in e)
-    assert history.index(entries[-1]) < first_train
-    assert len(gradinit_entries(spy.logs)) == len(entries)
 
 
 def test_the_probe_trains_with_the_trainers_optimizer(tmp_path):

@@ -1,0 +1,277 @@
+"""hf_gradinit.core: which tensors get a scale (selection), the split into S and S~
+(batches), and the model as a function of its scales (problem): its gradients against
+finite differences and independent copies of the model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from testing_utils import (
+    float64_marian,
+    model_at,
+    perturbed_alpha,
+    seq2seq_batch,
+    tiny_bart,
+    tiny_fsmt,
+    tiny_marian,
+)
+from transformers import T5Config, T5ForConditionalGeneration
+
+from hf_gradinit import GradInitConfig, compute_gradinit_scales
+from hf_gradinit.core.batches import UnsplittableBatch, batch_size, split_batch
+from hf_gradinit.core.loop import inner_step, norm_direction
+from hf_gradinit.core.problem import ScaledModel
+from hf_gradinit.core.selection import find_scaled_tensors, find_tied_input_output
+
+SHARED = [
+    "model.shared.weight",
+    "model.encoder.embed_tokens.weight",
+    "model.decoder.embed_tokens.weight",
+    "lm_head.weight",
+]
+
+
+def tiny_t5(tie: bool):
+    config = T5Config(
+        vocab_size=64, d_model=16, d_ff=32, num_layers=1, num_heads=2, d_kv=8,
+        decoder_start_token_id=0, pad_token_id=0, eos_token_id=1, tie_word_embeddings=tie,
+    )  # fmt: skip
+    return T5ForConditionalGeneration(config)
+
+
+# --------------------------------------------------------------------------------------
+# selection
+# --------------------------------------------------------------------------------------
+
+
+def test_zero_and_frozen_tensors_get_no_scale():
+    model = tiny_marian()
+    names = {s.name for s in find_scaled_tensors(model)}
+    assert "model.encoder.embed_positions.weight" not in names  # frozen sinusoidal
+    assert "model.encoder.layers.0.fc1.bias" not in names  # zero at init
+    assert "model.encoder.layers.0.fc1.weight" in names
+    assert "model.encoder.layers.0.self_attn_layer_norm.weight" in names
+
+
+def test_tensors_the_model_does_not_save_get_no_scale(tmp_path):
+    from transformers import MarianMTModel
+
+    tiny_marian().save_pretrained(tmp_path)
+    reloaded = MarianMTModel.from_pretrained(tmp_path)
+    positions = "model.encoder.embed_positions.weight"
+    assert dict(reloaded.named_parameters())[positions].requires_grad  # trainable after reload
+    names = {s.name for s in find_scaled_tensors(reloaded)}
+    assert positions not in names
+    assert "model.encoder.layers.0.fc1.weight" in names
+
+
+def test_fixed_embeddings_leave_out_every_table_and_a_tied_tensor_is_listed_once():
+    model = tiny_bart()
+    every = {s.name: s for s in find_scaled_tensors(model)}
+    assert every["model.shared.weight"].kind == "weight"
+    assert set(every["model.shared.weight"].aliases) == set(SHARED[1:])
+    assert not set(SHARED[1:]) & set(every)  # the aliases are not listed on their own
+    assert every["model.encoder.layers.0.self_attn_layer_norm.weight"].kind == "gain"
+    fixed = {s.name for s in find_scaled_tensors(model, fixed_embeddings=True)}
+    tables = {
+        n
+        for n, _ in model.named_parameters()
+        if isinstance(model.get_submodule(n.rpartition(".")[0]), torch.nn.Embedding)
+    }
+    assert {"model.shared.weight", "model.encoder.embed_positions.weight"} <= tables
+    assert fixed == set(every) - tables
+
+
+def test_found_where_one_matrix_is_encoder_input_decoder_input_and_output():
+    assert find_tied_input_output(tiny_marian()) == [SHARED]
+    assert find_tied_input_output(tiny_bart()) == [SHARED]
+    # FSMT with tie_word_embeddings=True too: transformers 5.x ties its encoder embedding
+    # to the decoder's as well (FSMTModel._tied_weights_keys), not only decoder in/out
+    (fsmt,) = find_tied_input_output(tiny_fsmt())
+    assert "model.encoder.embed_tokens.weight" in fsmt
+    (t5,) = find_tied_input_output(tiny_t5(tie=True))
+    assert set(t5) == {n.removeprefix("model.") for n in SHARED}
+
+
+def test_not_found_where_only_the_decoder_input_and_output_are_tied_or_nothing_is():
+    reference = tiny_marian(share_encoder_decoder_embeddings=False, tie_word_embeddings=True)
+    assert find_tied_input_output(reference) == []
+    untied = tiny_marian(share_encoder_decoder_embeddings=False, tie_word_embeddings=False)
+    assert find_tied_input_output(untied) == []
+
+
+# --------------------------------------------------------------------------------------
+# batches
+# --------------------------------------------------------------------------------------
+
+
+def test_split_batch_overlap():
+    batch = {"x": torch.arange(9), "meta": "keep"}
+    s, t = split_batch(batch, 0.5, torch.Generator().manual_seed(0))
+    assert len(s["x"]) == len(t["x"]) == 6
+    assert len(set(s["x"].tolist()) & set(t["x"].tolist())) == 3
+    assert set(s["x"].tolist()) | set(t["x"].tolist()) == set(range(9))
+    assert s["meta"] == "keep"
+    s, t = split_batch(batch, 0.0, torch.Generator().manual_seed(0))
+    assert not set(s["x"].tolist()) & set(t["x"].tolist())
+    s, t = split_batch(batch, 1.0, torch.Generator().manual_seed(0))
+    assert sorted(s["x"].tolist()) == sorted(t["x"].tolist()) == list(range(9))
+
+
+def test_only_per_example_entries_are_split_and_a_batch_of_one_is_unsplittable():
+    batch = {
+        "input_ids": torch.arange(12).view(6, 2),
+        "position_ids": torch.arange(2).view(1, 2),  # per batch: goes to both halves
+        "nested": {"labels": torch.arange(6)},
+    }
+    assert batch_size(batch) == 6
+    s, t = split_batch(batch, 0.5, torch.Generator().manual_seed(0))
+    assert s["input_ids"].shape == (4, 2) and t["nested"]["labels"].shape == (4,)
+    assert torch.equal(s["position_ids"], batch["position_ids"])
+    assert torch.equal(s["input_ids"][:, 0] // 2, s["nested"]["labels"])  # rows stay together
+    with pytest.raises(UnsplittableBatch, match="cannot be split"):
+        split_batch({"input_ids": torch.zeros(1, 3)}, 0.5)
+    whole, again = split_batch({"input_ids": torch.zeros(1, 3)}, 1.0)
+    assert whole["input_ids"].shape == again["input_ids"].shape == (1, 3)
+
+
+# --------------------------------------------------------------------------------------
+# problem: gradients against finite differences
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "inner,normalize", [("adam", False), ("sgd", False), ("sgd", True)], ids=str
+)
+def test_objective_gradient_matches_finite_differences(inner, normalize):
+    model = float64_marian()
+    config = GradInitConfig(inner_optimizer=inner, normalize_sgd_grad=normalize, eta=0.05)
+    problem = ScaledModel(model, torch.device("cpu"))
+    assert {s.kind for s in problem.scaled} == {"weight", "gain", "bias"}
+    alpha = perturbed_alpha(problem)
+    batch_s, batch_t = seq2seq_batch(seed=0), seq2seq_batch(seed=1)
+    _, grads = problem.gradient(alpha, batch_s)
+    steps = inner_step(grads, config)
+    _, analytic = problem.objective_grad(alpha, steps, config.eta, batch_t)
+
+    def objective(a):  # loss on S~ after the (fixed, detached) step, divided by eta
+        theta = {
+            n: (a[problem.index[n]] * problem.w0[n] if n in problem.index else problem.w0[n])
+            - config.eta * s
+            for n, s in zip(problem.trainable, steps)
+        }
+        with torch.no_grad():
+            return model_at(model, theta)(**batch_t).loss.item() / config.eta
+
+    eps = 1e-6
+    for i in range(len(alpha)):
+        up, down = alpha.clone(), alpha.clone()
+        up[i] += eps
+        down[i] -= eps
+        numeric = (objective(up) - objective(down)) / (2 * eps)
+        assert analytic[i].item() == pytest.approx(numeric, rel=1e-5, abs=1e-6), problem.names[i]
+
+
+@pytest.mark.parametrize("norm_type", ["l1", "l2"])
+def test_gradient_norm_gradient_matches_finite_differences(norm_type):
+    model = float64_marian()
+    problem = ScaledModel(model, torch.device("cpu"))
+    alpha = perturbed_alpha(problem).requires_grad_(True)
+    batch = seq2seq_batch()
+    _, grads = problem.gradient(alpha, batch, create_graph=True)
+    direction = norm_direction([g.detach() for g in grads], norm_type)
+    analytic = problem.norm_grad(alpha, grads, direction)
+
+    def grad_norm(a):  # independent: plain backward through a copy of the model
+        theta = problem.theta(a.detach())
+        clone = model_at(model, theta)
+        clone(**batch).loss.backward()
+        g = [p.grad for n, p in clone.named_parameters() if n in theta]
+        if norm_type == "l1":
+            return sum(x.abs().sum() for x in g).item()
+        return torch.sqrt(sum((x * x).sum() for x in g)).item()
+
+    _, plain = problem.gradient(alpha, batch)
+    from_gradients = problem.norm_grad_fd(alpha, direction, batch, problem.w_dot(plain))
+    eps = 1e-6
+    numerics = []
+    for i in range(len(alpha)):
+        up, down = alpha.detach().clone(), alpha.detach().clone()
+        up[i] += eps
+        down[i] -= eps
+        numeric = (grad_norm(up) - grad_norm(down)) / (2 * eps)
+        numerics.append(numeric)
+        assert analytic[i].item() == pytest.approx(numeric, rel=1e-4, abs=1e-6), problem.names[i]
+    # The default (finite differences of gradients) against the same numbers, as a vector.
+    numerics = torch.tensor(numerics, dtype=from_gradients.dtype)
+    assert ((from_gradients - numerics).norm() / numerics.norm()).item() < 1e-3
+
+
+@pytest.mark.parametrize("norm_type", ["l1", "l2"])
+@pytest.mark.parametrize("factory", [tiny_marian, tiny_bart], ids=["marian", "bart"])
+def test_hessian_vector_products_from_gradients_match_double_backward(factory, norm_type):
+    """The finite-difference norm gradient against the exact (double-backward) one, float64.
+
+    Marian's relu makes the loss piecewise smooth, so a difference step can cross a kink
+    that the exact second derivative ignores: that is the larger error there.
+    """
+    torch.manual_seed(0)
+    model = factory(attn_implementation="eager").double().eval()
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n.endswith("bias"):
+                p.normal_(0, 0.05)
+    problem = ScaledModel(model, torch.device("cpu"))
+    alpha = perturbed_alpha(problem).requires_grad_(True)
+    batch = seq2seq_batch()
+    _, grads = problem.gradient(alpha, batch, create_graph=True)
+    direction = norm_direction([g.detach() for g in grads], norm_type)
+    exact = problem.norm_grad(alpha, grads, direction)
+    _, plain = problem.gradient(alpha, batch)
+    approx = problem.norm_grad_fd(alpha, direction, batch, problem.w_dot(plain))
+    assert ((approx - exact).norm() / exact.norm()).item() < 1e-3
+
+
+def test_a_custom_compute_loss_sees_the_swapped_tensors_and_the_model_is_only_read():
+    model = float64_marian()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    def halved(m, batch):  # the hook gets the model itself, with theta swapped in
+        assert m is model
+        return 0.5 * m(**batch).loss
+
+    problem = ScaledModel(model, torch.device("cpu"), compute_loss=halved)
+    plain = ScaledModel(model, torch.device("cpu"))
+    alpha = perturbed_alpha(problem)
+    batch = seq2seq_batch()
+    loss, grads = problem.gradient(alpha, batch)
+    with torch.no_grad():
+        expected = model_at(model, problem.theta(alpha))(**batch).loss
+    assert loss.item() == pytest.approx(0.5 * expected.item(), rel=1e-12)
+    plain_loss, plain_grads = plain.gradient(alpha, batch)
+    assert plain_loss.item() == pytest.approx(expected.item(), rel=1e-12)
+    for g, h in zip(grads, plain_grads):
+        torch.testing.assert_close(g, 0.5 * h)
+    for n, p in model.named_parameters():
+        assert torch.equal(p, before[n]), n
+
+
+def test_norm_branch_needs_no_double_backward_by_default(monkeypatch):
+    """The finite-difference norm gradient keeps the model's own attention kernels."""
+    import hf_gradinit.core.problem as problem_module
+
+    def forbidden():
+        raise AssertionError("the math attention kernel was switched on")
+
+    monkeypatch.setattr(problem_module, "math_attention", forbidden)
+    model = tiny_marian()  # sdpa attention
+    config = GradInitConfig(iterations=3, gamma=1e-3, gamma_unit="absolute", probe_steps=0)
+    result = compute_gradinit_scales(model, [seq2seq_batch(9)], config, show_progress=False)
+    assert [h["branch"] for h in result.history] == ["constraint"] * 3
+    with pytest.raises(Exception, match="math attention"):
+        compute_gradinit_scales(
+            model,
+            [seq2seq_batch(9)],
+            GradInitConfig(**{**config.to_dict(), "hvp": "double_backward"}),
+            show_progress=False,
+        )
