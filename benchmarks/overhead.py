@@ -13,6 +13,7 @@ read the ratios, not the absolute numbers.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -25,14 +26,9 @@ import torch
 from transformers import MarianConfig, MarianMTModel
 
 from hf_gradinit import GradInitConfig, split_batch
-from hf_gradinit.gradinit import (
-    ScaledModel,
-    _gradinit_mode,
-    _inner_step,
-    _lookahead,
-    _norm_direction,
-    _Reducer,
-)
+from hf_gradinit.core.loop import _Loop, inner_step, norm_direction
+from hf_gradinit.core.probe import default_optimizer
+from hf_gradinit.core.problem import ScaledModel, gradinit_mode
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -43,7 +39,8 @@ RESULTS = Path(__file__).parent / "results"
 # "reference_style" is what a straight reimplementation of the reference does on every
 # iteration: the double-backward graph through g is always built, even when the objective
 # branch then ignores it, and S and S~ are each a full batch (as the prototype in
-# shared/docs/measurements.md did).
+# shared/docs/measurements.md did); "probe_step" one step of the probe (the real optimizer
+# on a copy of the weights; the probe takes 2 x probe_steps of them).
 OPERATIONS = (
     "train_step",
     "gradinit_objective",
@@ -51,6 +48,7 @@ OPERATIONS = (
     "gradinit_constraint_exact",
     "gradinit_lookahead_4",
     "reference_style",
+    "probe_step",
 )
 
 
@@ -98,92 +96,90 @@ def make_operation(name: str, model, batch, args):
 
         return train_step
 
-    config = GradInitConfig(eta=2e-3)
-    problem = ScaledModel(model, torch.device(args.device))
-    alpha = problem.ones().requires_grad_(True)
+    device = torch.device(args.device)
+    problem = ScaledModel(model, device)
     generator = torch.Generator().manual_seed(0)
 
-    def objective(create_graph: bool, full_batches: bool = False):
-        batch_s, batch_t = split_batch(batch, config.overlap, generator)
-        if full_batches:  # S and S~ each a whole batch
-            batch_s, batch_t = split_batch(batch, 1.0, generator)
-        _, grads = problem.gradient(alpha, batch_s, create_graph=create_graph)
-        steps = _inner_step([g.detach() for g in grads], config)
+    def iteration(**settings):
+        """One iteration of hf_gradinit's own loop (its batches: this one, again and again)."""
+        config = GradInitConfig(eta=2e-3, **settings)
+        loop = _Loop(problem, itertools.repeat(batch), config, None)
+        loop.iteration(0)
+        return lambda: loop.iteration(1)
+
+    def reference_style():
+        """The objective with the graph through g always built; S and S~ full batches."""
+        config = GradInitConfig(eta=2e-3)
+        alpha = problem.ones().requires_grad_(True)
+        batch_s, batch_t = split_batch(batch, 1.0, generator)
+        _, grads = problem.gradient(alpha, batch_s, create_graph=True)
+        steps = inner_step([g.detach() for g in grads], config)
         del grads
         problem.objective_grad(alpha, steps, config.eta, batch_t)
 
-    def constraint(exact: bool):
-        batch_s, _ = split_batch(batch, config.overlap, generator)
-        _, grads = problem.gradient(alpha, batch_s, create_graph=exact)
-        direction = _norm_direction([g.detach() for g in grads], "l1")
-        if exact:
-            problem.norm_grad(alpha, grads, direction)
-        else:
-            base = problem.w_dot(grads)
-            del grads
-            problem.norm_grad_fd(alpha, direction, batch_s, base)
+    def probe_step():
+        make = default_optimizer(GradInitConfig(eta=1e-3))
+        named = list(problem.parameters_at({}))
+        optimizer, leaves = make(named), dict(named)
 
-    def lookahead(k: int):
-        look = GradInitConfig(eta=config.eta, lookahead_steps=k)
-        batch_s, batch_t = split_batch(batch, look.overlap, generator)
-        _, grads = problem.gradient(alpha, batch_s)
-        grads = [g.detach() for g in grads]
-        steps, batch_t = _lookahead(
-            problem,
-            alpha,
-            grads,
-            _inner_step(grads, look),
-            batch_t,
-            iter([batch] * (k - 1)),
-            look,
-            _Reducer(None),
-            generator,
-        )
-        del grads
-        problem.objective_grad(alpha, steps, look.eta, batch_t)
+        def step():
+            _, grads = problem.loss_and_grad(leaves, batch)
+            for t, g in zip(leaves.values(), grads):
+                t.grad = g
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
 
-    def run(fn, double_backward: bool = False):
+        return step
+
+    def run(make, double_backward: bool = False):
+        with gradinit_mode(model, device, double_backward):
+            fn = make()
+
         def wrapped():
-            with _gradinit_mode(model, torch.device(args.device), double_backward):
+            with gradinit_mode(model, device, double_backward):
                 fn()
 
         return wrapped
 
+    bound = dict(gamma=1e-9, gamma_unit="absolute")  # every iteration in the bound's branch
     return {
-        "gradinit_objective": run(lambda: objective(False)),
-        "reference_style": run(lambda: objective(True, full_batches=True), True),
-        "gradinit_constraint": run(lambda: constraint(False)),
-        "gradinit_constraint_exact": run(lambda: constraint(True), True),
-        "gradinit_lookahead_4": run(lambda: lookahead(4)),
-    }[name]
+        "gradinit_objective": lambda: run(iteration),
+        "reference_style": lambda: run(lambda: reference_style, True),
+        "gradinit_constraint": lambda: run(lambda: iteration(**bound)),
+        "gradinit_constraint_exact": lambda: run(
+            lambda: iteration(**bound, hvp="double_backward"), True
+        ),
+        "gradinit_lookahead_4": lambda: run(lambda: iteration(lookahead_steps=4)),
+        "probe_step": lambda: run(probe_step),
+    }[name]()
 
 
 def hvp_accuracy(args) -> dict[str, float]:
-    """Relative error (vector l2) of the finite-difference norm gradients in float32 and
+    """Relative error (vector l2) of the finite-difference norm gradient in float32 and
     float64 against the exact double-backward one in float64, on the benchmark's model at
     its init (dropout off) and an 8-sentence slice of its batch."""
     model, batch = build(args)
     model = model.to(torch.float64).eval()
     batch = {k: v[:8] for k, v in batch.items()}
+    device = torch.device(args.device)
     out = {}
-    with _gradinit_mode(model, torch.device(args.device), True):
-        exact_problem = ScaledModel(model, torch.device(args.device))
+    with gradinit_mode(model, device, True):
+        exact_problem = ScaledModel(model, device)
         alpha = exact_problem.ones().requires_grad_(True)
         for norm_type in ("l1", "l2"):
             _, grads = exact_problem.gradient(alpha, batch, create_graph=True)
-            direction = _norm_direction([g.detach() for g in grads], norm_type)
+            direction = norm_direction([g.detach() for g in grads], norm_type)
             exact = exact_problem.norm_grad(alpha, grads, direction)
             for dtype in (torch.float64, torch.float32):
                 model.to(dtype)
-                problem = ScaledModel(model, torch.device(args.device))
+                problem = ScaledModel(model, device)
                 a = problem.ones()
                 _, plain = problem.gradient(a, batch)
-                d = _norm_direction(plain, norm_type)
-                for central in (False, True):
-                    base = problem.w_dot(plain)
-                    fd = problem.norm_grad_fd(a, d, batch, base, central).to(torch.float64)
-                    key = f"{norm_type}_{str(dtype).split('.')[-1]}_{'central' if central else 'forward'}"
-                    out[key] = float((fd - exact).norm() / exact.norm())
+                d = norm_direction(plain, norm_type)
+                fd = problem.norm_grad_fd(a, d, batch, problem.w_dot(plain)).to(torch.float64)
+                out[f"{norm_type}_{str(dtype).split('.')[-1]}"] = float(
+                    (fd - exact).norm() / exact.norm()
+                )
             model.to(torch.float64)
     return out
 
@@ -291,14 +287,11 @@ def main(argv: list[str] | None = None) -> dict:
         )
     table = "\n".join(rows)
     print(table)
-    accuracy_rows = [
-        "| norm | dtype | forward difference | central difference |",
-        "|---|---|---|---|",
-    ]
+    accuracy_rows = ["| norm | dtype | forward difference |", "|---|---|---|"]
     for norm_type in ("l1", "l2"):
         for dtype in ("float64", "float32"):
-            f, c = (accuracy[f"{norm_type}_{dtype}_{m}"] for m in ("forward", "central"))
-            accuracy_rows.append(f"| {norm_type} | {dtype} | {f:.1e} | {c:.1e} |")
+            error = accuracy[f"{norm_type}_{dtype}"]
+            accuracy_rows.append(f"| {norm_type} | {dtype} | {error:.1e} |")
     accuracy_table = "\n".join(accuracy_rows)
     print(accuracy_table)
     report = {
@@ -341,7 +334,10 @@ def main(argv: list[str] | None = None) -> dict:
             "gradients along the simulated trajectory, then the loss on S~.\n"
             "- `reference_style`: the objective iteration as a straight reimplementation "
             "does it: the double-backward graph through g built every time, and S and S~ "
-            "each a full batch.\n\n"
+            "each a full batch.\n"
+            "- `probe_step`: one step of the probe: forward, backward and an Adam step on a "
+            "copy of the weights, dropout off. The probe takes 2 x `probe_steps` of them (200 "
+            "by default: 400 steps), on top of the iterations.\n\n"
             "## Accuracy of the norm's gradient without double backward\n\n"
             "Relative error (l2 over all scales) of the finite-difference gradient of the "
             "gradient norm against the exact one (double backward, float64), on this model "
