@@ -86,8 +86,7 @@ METHODS: dict[str, dict] = {
         gradinit_fixed_embeddings=True,
         gradinit_probe_steps=0,  # (0.1 had no probe; the records were made with 0.1)
     ),
-    # release 0.2: the same, then the probe (200 steps from each init, learned kept unless
-    # more than 5% behind over the last quarter)
+    # the probe at 200 steps (learned kept unless more than 5% behind over the last quarter)
     "probe200": dict(
         gradinit=True,
         gradinit_iterations=200,
@@ -95,6 +94,16 @@ METHODS: dict[str, dict] = {
         gradinit_scale_lr=2.5e-3,
         gradinit_fixed_embeddings=True,
         gradinit_probe_steps=200,
+        gradinit_probe_margin=0.05,
+    ),
+    # release 0.2: the probe at 300 steps (chosen on the dev set by simulate_probe)
+    "probe300": dict(
+        gradinit=True,
+        gradinit_iterations=200,
+        gradinit_eta_multiplier=1.0,
+        gradinit_scale_lr=2.5e-3,
+        gradinit_fixed_embeddings=True,
+        gradinit_probe_steps=300,
         gradinit_probe_margin=0.05,
     ),
     # ablations: the scales gradinit_v01 learned on the same seed, replayed (in part, or

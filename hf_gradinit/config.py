@@ -159,7 +159,7 @@ class GradInitConfig:
         default=True, metadata={"help": "Give no scale to nn.Embedding weights."}
     )
     probe_steps: int = field(
-        default=200,
+        default=300,
         metadata={
             "help": "Real optimizer steps from the learned and from the original init; the "
             "learned scales are dropped if behind (0: no probe)."
