@@ -12,11 +12,13 @@ from testing_utils import (
     model_at,
     perturbed_alpha,
     seq2seq_batch,
+    seq2seq_examples,
     tiny_bart,
     tiny_marian,
 )
+from transformers import default_data_collator
 
-from hf_gradinit import GradInitConfig, compute_gradinit_scales
+from hf_gradinit import GradInitConfig, GradInitError, compute_gradinit_scales
 from hf_gradinit.core.loop import _Loop, inner_step
 from hf_gradinit.core.optimizer import ScaleAdam
 from hf_gradinit.core.probe import decide, probe, tail_mean
@@ -253,3 +255,27 @@ def test_probe_trains_the_real_optimizer_from_each_init_without_touching_the_mod
     assert record["decision"] in ("learned", "original") and record["steps"] == 4
     for n, p in model.named_parameters():
         assert torch.equal(p, before[n]), n
+
+
+# ---- Batches of one: skipped and counted; an error only when no batch can be split ---------
+
+
+def test_variable_batch_sizes_from_a_user_dataloader():
+    loader = torch.utils.data.DataLoader(
+        seq2seq_examples(13), batch_sampler=[list(range(6)), [6], list(range(7, 13))],
+        collate_fn=default_data_collator,
+    )  # fmt: skip
+    config = GradInitConfig(iterations=4)
+    if hasattr(config, "probe_steps"):
+        config.probe_steps = 0
+    result = compute_gradinit_scales(tiny_marian(), loader, config, show_progress=False)
+    assert len(result.history) == 4
+
+
+def test_only_batches_of_one_is_an_error_that_names_the_batch_seen():
+    loader = torch.utils.data.DataLoader(
+        seq2seq_examples(4), batch_size=1, collate_fn=default_data_collator
+    )
+    config = GradInitConfig(iterations=2)
+    with pytest.raises(GradInitError, match="batch of 1 example"):
+        compute_gradinit_scales(tiny_marian(), loader, config, show_progress=False)

@@ -11,13 +11,14 @@ from testing_utils import (
     model_at,
     perturbed_alpha,
     seq2seq_batch,
+    seq2seq_examples,
     tiny_bart,
     tiny_fsmt,
     tiny_marian,
 )
-from transformers import T5Config, T5ForConditionalGeneration
+from transformers import MarianMTModel, T5Config, T5ForConditionalGeneration, default_data_collator
 
-from hf_gradinit import GradInitConfig, compute_gradinit_scales
+from hf_gradinit import GradInitConfig, GradInitError, compute_gradinit_scales
 from hf_gradinit.core.batches import UnsplittableBatch, batch_size, split_batch
 from hf_gradinit.core.loop import inner_step, norm_direction
 from hf_gradinit.core.problem import ScaledModel
@@ -275,3 +276,89 @@ def test_norm_branch_needs_no_double_backward_by_default(monkeypatch):
             GradInitConfig(**{**config.to_dict(), "hvp": "double_backward"}),
             show_progress=False,
         )
+
+
+# ---- The model's memory settings and batches that carry more than per-example tensors ------
+
+
+def _saved_bytes_per_forward(model, run) -> int:
+    """Largest number of bytes autograd saved for backward during one forward of
+    ``model`` (tensors saved inside checkpointed regions are not kept, so not counted)."""
+    peaks, current = [], [0]
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+
+    def start(*_):
+        current[0] = 0
+        peaks.append(0)
+
+    def pack(t):
+        if t.untyped_storage().data_ptr() in weights:  # the weights themselves: no new memory
+            return t
+        current[0] += t.numel() * t.element_size()
+        peaks[-1] = max(peaks[-1], current[0])
+        return t
+
+    handle = model.register_forward_pre_hook(start)
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            run()
+    finally:
+        handle.remove()
+    return max(peaks)
+
+
+def test_gradient_checkpointing_is_honoured_during_gradinit():
+    torch.manual_seed(0)
+    model = tiny_marian(
+        d_model=32, encoder_layers=4, decoder_layers=4, encoder_ffn_dim=128, decoder_ffn_dim=128
+    )
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    batch = default_data_collator(seq2seq_examples(12, src_len=24, tgt_len=20))
+
+    def training_step():
+        model.train()
+        model(**batch).loss.backward()
+        model.zero_grad()
+
+    step = _saved_bytes_per_forward(model, training_step)
+    config = GradInitConfig(iterations=1, overlap=1.0)
+    if hasattr(config, "probe_steps"):
+        config.probe_steps = 0
+    gradinit = _saved_bytes_per_forward(
+        model, lambda: compute_gradinit_scales(model, [batch], config, show_progress=False)
+    )
+    assert gradinit <= 1.5 * step, (gradinit, step)
+
+
+def test_an_empty_batch_says_what_happened():
+    with pytest.raises(GradInitError, match="empty"):
+        compute_gradinit_scales(
+            tiny_marian(), [{}], GradInitConfig(iterations=1), show_progress=False
+        )
+
+
+def test_batches_with_per_batch_tensors_and_nested_values(tmp_path):
+    def collate(features):
+        batch = default_data_collator(features)
+        length = batch["input_ids"].shape[1]
+        # a per-batch tensor first, a scalar and a non-tensor value
+        return {
+            "note": "extra",
+            "temperature": torch.tensor(1.0),
+            **batch,
+            "position_hint": torch.arange(length)[None],
+        }
+
+    class Model(MarianMTModel):
+        def forward(self, note=None, temperature=None, position_hint=None, **kwargs):
+            assert position_hint.shape[0] == 1 and temperature.dim() == 0
+            return super().forward(**kwargs)
+
+    torch.manual_seed(0)
+    model = Model(tiny_marian().config)
+    config = GradInitConfig(iterations=2)
+    if hasattr(config, "probe_steps"):
+        config.probe_steps = 0
+    loader = torch.utils.data.DataLoader(seq2seq_examples(12), batch_size=6, collate_fn=collate)
+    result = compute_gradinit_scales(model, loader, config, show_progress=False)
+    assert len(result.history) == 2

@@ -16,6 +16,7 @@ from transformers import default_data_collator
 from hf_gradinit import GradInitConfig, compute_gradinit_scales
 
 SCRIPT = Path(__file__).parent / "scripts" / "distributed_gradinit.py"
+SMALL_DATA_SCRIPT = Path(__file__).parent / "scripts" / "distributed_small_data.py"
 
 
 def _free_port() -> int:
@@ -81,3 +82,51 @@ def _python_env() -> dict[str, str]:
     env["PATH"] = os.path.dirname(sys.executable) + ":" + os.environ.get("PATH", "")
     env["HF_HUB_OFFLINE"] = "1"
     return env
+
+
+# ---- Several processes with little data; only the main process saves and pushes ------------
+
+
+def _torchrun(*args) -> None:
+    import os
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+           "--master_addr=127.0.0.1", f"--master_port={port}", str(SMALL_DATA_SCRIPT), *map(str, args)]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k in ("HOME", "PATH", "PYTHONPATH", "TMPDIR")}
+    env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_apply_gradinit_on_two_processes_with_fewer_examples_than_two_batches(tmp_path):
+    _torchrun(tmp_path, "apply")
+    for n in (7, 9):
+        ranks = [json.loads((tmp_path / f"apply-{n}-rank{r}.json").read_text()) for r in (0, 1)]
+        assert [r["world_size"] for r in ranks] == [2, 2]
+        assert ranks[0]["scales"] == ranks[1]["scales"]
+
+
+@pytest.mark.slow
+def test_cli_on_two_processes_saves_and_pushes_once(tmp_path):
+    from testing_utils import model_folder, tiny_tokenizer, toy_translation_records, write_jsonl
+
+    folder = model_folder(tmp_path / "model", tiny_marian(), tiny_tokenizer(), weights=False)
+    data = write_jsonl(tmp_path / "train.jsonl", toy_translation_records(30))
+    out = tmp_path / "logs"
+    out.mkdir()
+    _torchrun(
+        out, "cli", "init", "--model_path", folder, "--train_file", data, "--source_lang", "de",
+        "--target_lang", "en", "--learning_rate", "1e-3", "--output_dir", tmp_path / "init",
+        "--gradinit_iterations", "2", "--gradinit_probe_steps", "2", "--gradinit_batch_size", "4",
+        "--use_cpu", "True", "--push_to_hub", "--hub_model_id", "me/tiny-init",
+    )  # fmt: skip
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith("status")) == [
+        "pushed-rank0",
+        "saved-rank0",
+    ]
+    assert [(out / f"status-rank{r}").read_text() for r in (0, 1)] == ["0", "0"]
+    assert (tmp_path / "init" / "gradinit_scales.json").exists()

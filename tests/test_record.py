@@ -7,10 +7,24 @@ import json
 
 import pytest
 import torch
-from testing_utils import fresh_from_config, initialized_checkpoint, seq2seq_batch, tiny_marian
-from transformers import AutoModelForSeq2SeqLM
+from testing_utils import (
+    fresh_from_config,
+    gradinit_args,
+    initialized_checkpoint,
+    seq2seq_batch,
+    seq2seq_examples,
+    tiny_marian,
+)
+from transformers import AutoModelForSeq2SeqLM, MarianMTModel, default_data_collator
 
-from hf_gradinit import GradInitConfig, GradInitError, compute_gradinit_scales, record
+from hf_gradinit import (
+    GradInitConfig,
+    GradInitError,
+    GradInitTrainer,
+    compute_gradinit_scales,
+    record,
+)
+from hf_gradinit.record import initialization_state
 
 
 def _applied():
@@ -97,3 +111,43 @@ def test_record_in_config_from_a_state_dict_and_same_run():
         show_progress=False,
     )  # fmt: skip
     assert not record.same_run(other.config_entry(), entry)
+
+
+# ---- The record follows the weights however they are saved after training (issue #19, kind 1) ----
+
+
+@pytest.mark.parametrize("how", ["save_pretrained", "deepcopy_then_save", "save_model"])
+def test_a_model_saved_after_training_is_initialized_when_reloaded(tmp_path, how):
+    trainer = GradInitTrainer(
+        model=tiny_marian(),
+        args=gradinit_args(tmp_path, max_steps=20, learning_rate=2e-2),
+        train_dataset=seq2seq_examples(48),
+        data_collator=default_data_collator,
+    )
+    trainer.train()
+    folder = tmp_path / "saved"
+    if how == "save_pretrained":
+        trainer.model.save_pretrained(folder)
+    elif how == "deepcopy_then_save":
+        copy.deepcopy(trainer.model).save_pretrained(folder)
+    else:
+        trainer.save_model(str(folder))
+    reloaded = MarianMTModel.from_pretrained(folder)
+    assert initialization_state(reloaded) == "initialized"
+    # and a GradInitTrainer continuing from it does not rescale the trained weights
+    calls = []
+    import hf_gradinit.api as api
+
+    real = api.compute_gradinit_scales
+    try:
+        api.compute_gradinit_scales = lambda *a, **k: calls.append(1) or real(*a, **k)
+        follow = GradInitTrainer(
+            model=reloaded,
+            args=gradinit_args(tmp_path / "2", max_steps=1),
+            train_dataset=seq2seq_examples(48),
+            data_collator=default_data_collator,
+        )
+        follow.train()
+    finally:
+        api.compute_gradinit_scales = real
+    assert calls == []

@@ -134,3 +134,22 @@ def test_result_dict_round_trips_and_reads_older_files():
     assert loaded.probe is None and loaded.kept and loaded.unsplittable_batches == 0
     assert "decision" not in loaded.summary()
     assert loaded.scales == result.scales
+
+
+# ---- Scales are named after the model inside a torch.compile wrapper -----------------------
+
+
+def test_scales_of_a_compiled_model_are_named_after_the_model():
+    torch.manual_seed(0)
+    model = tiny_marian()
+    plain_names = {n for n, _ in model.named_parameters()}
+    compiled = torch.compile(model)
+    config = GradInitConfig(iterations=2)
+    if hasattr(config, "probe_steps"):
+        config.probe_steps = 0
+    result = apply_gradinit(
+        compiled, seq2seq_examples(12), config, batch_size=6, show_progress=False
+    )
+    assert set(result.scales) <= plain_names
+    fresh = tiny_marian()
+    apply_scales(fresh, result.scales)  # an uncompiled model takes them

@@ -182,9 +182,9 @@ def test_the_committed_records_are_read_and_keep_their_names(study):
     assert len(names) == 12 and all(records.get(name) for name in names), names
     rows = study.bleu_table(list(records.runs.values())).splitlines()[2:]
     assert any("| radam |" in row for row in rows) and any("| preln |" in row for row in rows)
-    for name in ("no_warmup_study", "no_warmup_study_v1"):
-        runs = list(study.Records(study.RESULTS / f"{name}.json").runs.values())
-        assert study.summarize(runs, steps=700, stall=6.45).count("\\n") > 10
+    runs = list(study.Records(study.RESULTS / "no_warmup_study.json").runs.values())
+    assert len(study.summarize(runs, steps=700, stall=6.45).splitlines()) > 40
+    assert len(study.Records(study.RESULTS / "no_warmup_study_v1.json").runs) == 33
 
 
 # --------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from huggingface_hub import ModelCard
 from testing_utils import (
     assert_label_padding_masked,
     fresh_from_config,
+    gradinit_args,
     gradinit_entries,
     initialized_checkpoint,
     never_called,
@@ -599,3 +600,26 @@ def test_the_probe_trains_with_the_trainers_optimizer(tmp_path):
         optimizer_cls_and_kwargs=(torch.optim.RAdam, {"lr": 3e-4}),
     )  # fmt: skip
     assert isinstance(trainer_probe_optimizer(radam, radam.model)(named), torch.optim.RAdam)
+
+
+# ---- A streaming dataset's short last batch ------------------------------------------------
+
+
+class _Stream(torch.utils.data.IterableDataset):
+    def __init__(self, examples):
+        self.examples = examples
+
+    def __iter__(self):
+        return iter(self.examples)
+
+
+def test_a_short_last_batch_of_one_is_skipped_not_fatal(tmp_path):
+    trainer = GradInitTrainer(
+        model=tiny_marian(),
+        args=gradinit_args(tmp_path, gradinit_iterations=8),
+        train_dataset=_Stream(seq2seq_examples(25)),  # batches of 6, 6, 6, 6, 1
+        data_collator=default_data_collator,
+    )
+    trainer.train()
+    assert len(trainer.gradinit_result.history) == 8
+    assert trainer.gradinit_result.summary()["unsplittable_batches"] >= 1

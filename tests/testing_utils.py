@@ -370,3 +370,16 @@ def model_at(model: torch.nn.Module, theta: dict[str, torch.Tensor]) -> torch.nn
         for n, t in theta.items():
             params[n].copy_(t)
     return clone
+
+
+def gradinit_args(tmp_path, **overrides):
+    """Fast GradInitTrainingArguments on CPU: 3 steps, 3 GradInit iterations, no probe."""
+    from hf_gradinit import GradInitTrainingArguments
+
+    kwargs = dict(
+        output_dir=str(tmp_path / "out"), use_cpu=True, report_to="none", disable_tqdm=True,
+        save_strategy="no", per_device_train_batch_size=6, max_steps=3, learning_rate=5e-3,
+        gradinit_iterations=3, gradinit_probe_steps=0, logging_steps=1, seed=0,
+    )  # fmt: skip
+    kwargs.update(overrides)
+    return GradInitTrainingArguments(**kwargs)

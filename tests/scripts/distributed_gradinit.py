@@ -43,17 +43,17 @@ def main(out: str) -> None:
 
 
 def trainer_main(out: str) -> None:
-    import hf_gradinit.hub as hub
+    import hf_gradinit.trainer as trainer_module
     from hf_gradinit import GradInitTrainer, GradInitTrainingArguments
 
     writes = []
-    real_write = hub.write_gradinit_files
+    real_write = trainer_module.write_gradinit_files
 
     def counting_write(*args, **kwargs):
         writes.append(str(args[0]))
         return real_write(*args, **kwargs)
 
-    hub.write_gradinit_files = counting_write
+    trainer_module.write_gradinit_files = counting_write
     torch.manual_seed(0)
     args = GradInitTrainingArguments(
         output_dir=str(Path(out, "run")),
