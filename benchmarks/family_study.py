@@ -215,9 +215,9 @@ def make_cnn():
     return DigitsCNN()
 
 
-def make_model(spec: dict):
-    """A model from config for ``spec`` (d_model 64, 4 heads, FFN 256, HF's default init and
-    dropout)."""
+def make_model(spec: dict, d_model: int = 64):
+    """A model from config for ``spec`` (d_model 64, 4 heads, FFN 4 x d_model, HF's default
+    init and dropout)."""
     from transformers import (
         BertConfig,
         BertForMaskedLM,
@@ -235,7 +235,7 @@ def make_model(spec: dict):
     )
 
     name, layers = spec["model"], spec.get("layers", 6)
-    d, heads, ffn, positions = 64, 4, 256, 64
+    d, heads, ffn, positions = d_model, 4, 4 * d_model, 64
     if name == "cnn":
         return make_cnn()
     if name == "openai-gpt":
@@ -327,28 +327,36 @@ def replay_scales(model, scales: dict, kinds: str, power: float) -> None:
 
 
 def run_one(
-    name: str, method: dict, seed: int, *, threads: int = 1, replay: dict | None = None
+    name: str,
+    method: dict,
+    seed: int,
+    *,
+    threads: int = 1,
+    replay: dict | None = None,
+    size: dict | None = None,
 ) -> dict:
     """Train workload ``name`` with ``method`` and ``seed``; returns the run's record.
-    ``replay``: {"scales", "kinds", "power"}, scales applied before training (ablations)."""
+    ``replay``: {"scales", "kinds", "power"}, scales applied before training (ablations).
+    ``size``: smaller workloads for tests: ``d_model``, ``layers``, ``steps``, ``examples``."""
     import torch
     from transformers import PrinterCallback, default_data_collator
 
     from hf_gradinit import GradInitTrainer, GradInitTrainingArguments
 
     torch.set_num_threads(threads)
-    spec = WORKLOADS[name]
+    size = size or {}
+    spec = {**WORKLOADS[name], **{k: v for k, v in size.items() if k in ("layers", "steps")}}
     method = {k: v for k, v in method.items() if not k.startswith("_")}
     start = time.perf_counter()
     torch.manual_seed(seed)
-    model = make_model(spec)
+    model = make_model(spec, size.get("d_model", 64))
     if replay is not None:
         replay_scales(model, replay["scales"], replay["kinds"], replay["power"])
     if spec["task"] == "digits":
         train, held_out = digits_split()
-        steps = CNN_EPOCHS * (len(train) // BATCH)
+        steps = spec.get("steps") or CNN_EPOCHS * (len(train) // BATCH)
     else:
-        train = make_examples(spec["task"], EXAMPLES, 1000 + seed)
+        train = make_examples(spec["task"], size.get("examples", EXAMPLES), 1000 + seed)
         held_out = make_examples(spec["task"], HELD_OUT, 2000 + seed)
         steps = spec.get("steps", DEFAULT_STEPS)
     optim = spec.get("optim", "adam")

@@ -167,7 +167,8 @@ def compute_gradinit_scales(
         exact_bound = config.hvp == "double_backward" and config.gamma is not None
         with gradinit_mode(model, device, double_backward=exact_bound):
             out = learn_scales(problem, data, config, reduce=reduce, on_iteration=on_iteration)
-            scales = out.scales
+        scales = out.scales
+        with gradinit_mode(model, device, training=True):
             if config.probe_steps > 0:
                 progress.set_description("GradInit probe")
                 probe_record = probe(

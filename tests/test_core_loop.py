@@ -257,6 +257,41 @@ def test_probe_trains_the_real_optimizer_from_each_init_without_touching_the_mod
         assert torch.equal(p, before[n]), n
 
 
+class _DropoutNormNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inp, self.norm, self.out = (
+            torch.nn.Linear(8, 16),
+            torch.nn.BatchNorm1d(16),
+            torch.nn.Linear(16, 3),
+        )
+        self.dropout = torch.nn.Dropout(0.5)
+
+    def forward(self, x, labels):
+        logits = self.out(self.dropout(torch.relu(self.norm(self.inp(x)))))
+        return {"loss": torch.nn.functional.cross_entropy(logits, labels)}
+
+
+def test_the_probe_trains_in_training_mode_with_the_same_dropout_from_either_init():
+    model = _DropoutNormNet()
+    stats = model.norm.running_mean.clone()
+    g = torch.Generator().manual_seed(0)
+    batches = [
+        {"x": torch.randn(16, 8, generator=g), "labels": torch.randint(0, 3, (16,), generator=g)}
+        for _ in range(5)
+    ]
+    problem = ScaledModel(model, torch.device("cpu"))
+    config = GradInitConfig(eta=1e-2, probe_steps=5, seed=3)
+    with gradinit_mode(model, problem.device, training=True):
+        same = probe(problem, {}, iter(batches), config)  # the learned init is the original
+        assert model.training and model.dropout.training
+    assert same["learned_losses"] == same["original_losses"]  # the same masks, step by step
+    with gradinit_mode(model, problem.device):  # no dropout: other losses
+        plain = probe(problem, {}, iter(batches), config)
+    assert plain["original_losses"][0] != same["original_losses"][0]
+    assert torch.equal(model.norm.running_mean, stats)  # the model's buffers are not updated
+
+
 # ---- Batches of one: skipped and counted; an error only when no batch can be split ---------
 
 
@@ -265,9 +300,7 @@ def test_variable_batch_sizes_from_a_user_dataloader():
         seq2seq_examples(13), batch_sampler=[list(range(6)), [6], list(range(7, 13))],
         collate_fn=default_data_collator,
     )  # fmt: skip
-    config = GradInitConfig(iterations=4)
-    if hasattr(config, "probe_steps"):
-        config.probe_steps = 0
+    config = GradInitConfig(iterations=4, probe_steps=0)
     result = compute_gradinit_scales(tiny_marian(), loader, config, show_progress=False)
     assert len(result.history) == 4
 

@@ -321,9 +321,7 @@ def test_gradient_checkpointing_is_honoured_during_gradinit():
         model.zero_grad()
 
     step = _saved_bytes_per_forward(model, training_step)
-    config = GradInitConfig(iterations=1, overlap=1.0)
-    if hasattr(config, "probe_steps"):
-        config.probe_steps = 0
+    config = GradInitConfig(iterations=1, overlap=1.0, probe_steps=0)
     gradinit = _saved_bytes_per_forward(
         model, lambda: compute_gradinit_scales(model, [batch], config, show_progress=False)
     )
@@ -356,9 +354,7 @@ def test_batches_with_per_batch_tensors_and_nested_values(tmp_path):
 
     torch.manual_seed(0)
     model = Model(tiny_marian().config)
-    config = GradInitConfig(iterations=2)
-    if hasattr(config, "probe_steps"):
-        config.probe_steps = 0
+    config = GradInitConfig(iterations=2, probe_steps=0)
     loader = torch.utils.data.DataLoader(seq2seq_examples(12), batch_size=6, collate_fn=collate)
     result = compute_gradinit_scales(model, loader, config, show_progress=False)
     assert len(result.history) == 2

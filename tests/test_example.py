@@ -447,7 +447,7 @@ def test_defaults_are_the_cpu_recipe(run, tmp_path):
     assert args.lr_scheduler_type == "constant" and args.max_grad_norm == 0
     assert (args.adam_beta1, args.adam_beta2) == (0.9, 0.98) and "adam" in args.optim
     assert args.max_steps == 1000 and args.per_device_train_batch_size == 32
-    assert args.generation_num_beams == 1 and args.train_sampling_strategy == "group_by_length"
+    assert args.generation_num_beams == 1 and args.train_sampling_strategy == "random"
     assert Path(data_args.train_file) == EXAMPLE / "data" / "train.jsonl.gz"
     assert Path(data_args.test_file) == EXAMPLE / "data" / "test.jsonl.gz"
     assert (data_args.source_lang, data_args.target_lang) == ("de", "en")

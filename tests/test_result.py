@@ -144,9 +144,7 @@ def test_scales_of_a_compiled_model_are_named_after_the_model():
     model = tiny_marian()
     plain_names = {n for n, _ in model.named_parameters()}
     compiled = torch.compile(model)
-    config = GradInitConfig(iterations=2)
-    if hasattr(config, "probe_steps"):
-        config.probe_steps = 0
+    config = GradInitConfig(iterations=2, probe_steps=0)
     result = apply_gradinit(
         compiled, seq2seq_examples(12), config, batch_size=6, show_progress=False
     )

@@ -287,6 +287,18 @@ def _trainer(runner, tmp_path, **kwargs):
     )
 
 
+def test_the_runner_trains_on_length_buckets_unless_told_otherwise(runner, tmp_path):
+    """run.py samples batches at random; the records were made with length buckets."""
+    preset = str(Path(runner.RUN_PY).parent / "presets" / "iwslt14_gpu.json")
+    for argv in (["--max_steps", "7"], [preset, "--max_steps", "7"]):
+        *_, args = runner.run.parse_args(runner.run_argv(argv))
+        assert args.train_sampling_strategy == "group_by_length" and args.max_steps == 7
+    *_, args = runner.run.parse_args(runner.run_argv(["--train_sampling_strategy", "random"]))
+    assert args.train_sampling_strategy == "random"
+    *_, args = runner.run.parse_args([])
+    assert args.train_sampling_strategy == "random"  # run.py's own
+
+
 def test_training_batches_come_from_the_length_buckets(runner, tmp_path):
     data = datasets.Dataset.from_list(translation_features(30))
     trainer = _trainer(runner, tmp_path, train_dataset=data)

@@ -11,7 +11,9 @@ original init, and the result says why.
 
 Equal losses keep the learned init: where no-warmup training stalls, both inits usually
 look alike for a few hundred steps and GradInit's advantage shows later (docs/results.md).
-The model is only read: each run trains a copy of the trainable tensors.
+The probe trains as training does, dropout included (the model in training mode; the same
+dropout masks from either init), on a copy of the trainable tensors and buffers: the model
+itself is only read.
 """
 
 from __future__ import annotations
@@ -55,15 +57,21 @@ def train_losses(
     make_optimizer: MakeOptimizer,
     reduce: Reduce | None = None,
     on_step: Callable[[], None] | None = None,
+    seed: int = 0,
 ) -> list[float]:
     """The training loss at each step of the real optimizer from ``w0 * scales`` (before
-    the step); stops at the first non-finite loss, which ends the list."""
+    the step); stops at the first non-finite loss, which ends the list. Step k draws its
+    random numbers (dropout) from ``seed + k``, so two inits see the same masks."""
     named = list(problem.parameters_at(scales))
     optimizer = make_optimizer(named)
     leaves = dict(named)
+    buffers = {n: b.clone() for n, b in problem.buffers.items()}  # training mode updates them
+    devices = [problem.device] if problem.device.type == "cuda" else []
     losses = []
-    for batch in batches:
-        loss, grads = problem.loss_and_grad(leaves, batch)
+    for step, batch in enumerate(batches):
+        with torch.random.fork_rng(devices=devices):  # the same dropout from either init
+            torch.manual_seed(seed + step)
+            loss, grads = problem.loss_and_grad(leaves, batch, buffers=buffers)
         stats = loss.detach().reshape(1).clone()
         if reduce is not None:
             reduce([*grads, stats])
@@ -147,6 +155,6 @@ def probe(
     make_optimizer = make_optimizer or default_optimizer(config)
     batches = [next(data) for _ in range(config.probe_steps)]
     batches = [to_device(b, problem.device, problem.dtype) for b in batches]
-    learned = train_losses(problem, scales, batches, make_optimizer, reduce, on_step)
-    original = train_losses(problem, {}, batches, make_optimizer, reduce, on_step)
+    learned = train_losses(problem, scales, batches, make_optimizer, reduce, on_step, config.seed)
+    original = train_losses(problem, {}, batches, make_optimizer, reduce, on_step, config.seed)
     return decide(learned, original, config, objective_improved)

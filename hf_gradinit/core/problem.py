@@ -75,15 +75,22 @@ def _checkpointed_layers(model: nn.Module) -> list[nn.Module]:
 
 
 @contextlib.contextmanager
-def gradinit_mode(model: nn.Module, device: torch.device, double_backward: bool = False):
-    """Dropout off, autocast off, the model's gradient checkpointing kept; restored after.
+def gradinit_mode(
+    model: nn.Module,
+    device: torch.device,
+    double_backward: bool = False,
+    training: bool = False,
+):
+    """Dropout off (``training``: on, as in training), autocast off, the model's gradient
+    checkpointing kept; everything restored after.
 
-    ``model.eval()`` turns dropout off but also HF's gradient checkpointing (it checkpoints in
-    training mode only); the layers it would checkpoint are checkpointed here instead, so
-    GradInit needs no more activation memory than a training step. With
-    ``double_backward`` (the exact HVP, which differentiates through a gradient after the
-    forward pass has ended) nothing is checkpointed, and attention kernels without a double
-    backward (e.g. flash_attention_2) are switched to eager for the phase.
+    HF's own gradient checkpointing runs only in training mode and may be the reentrant
+    kind, which ``torch.autograd.grad`` cannot go through; the layers it would checkpoint are
+    checkpointed here instead (non-reentrant), so GradInit needs no more activation memory
+    than a training step. With ``double_backward`` (the exact HVP, which differentiates
+    through a gradient after the forward pass has ended) nothing is checkpointed, and
+    attention kernels without a double backward (e.g. flash_attention_2) are switched to
+    eager for the phase.
     """
     modes = [(m, m.training) for m in model.modules()]
     config = getattr(model, "config", None)
@@ -94,9 +101,10 @@ def gradinit_mode(model: nn.Module, device: torch.device, double_backward: bool 
         and hasattr(model, "set_attn_implementation")
     )
     wrapped = [] if double_backward else _checkpointed_layers(model)
-    model.eval()
+    model.train(training)
     try:
         for layer in wrapped:
+            layer.gradient_checkpointing = False
             layer.forward = functools.partial(checkpoint, layer.forward, use_reentrant=False)
         if switch_attn:
             model.set_attn_implementation("eager")
@@ -105,6 +113,7 @@ def gradinit_mode(model: nn.Module, device: torch.device, double_backward: bool 
     finally:
         for layer in wrapped:
             del layer.forward  # the instance attribute; the class's forward again
+            layer.gradient_checkpointing = True
         for m, training in modes:
             m.training = training
         if switch_attn:
@@ -185,16 +194,27 @@ class ScaledModel:
             theta[n] = t
         return theta
 
-    def run(self, tensors: Mapping[str, torch.Tensor], batch: Mapping[str, Any], work) -> Any:
+    def run(
+        self,
+        tensors: Mapping[str, torch.Tensor],
+        batch: Mapping[str, Any],
+        work,
+        buffers: Mapping[str, torch.Tensor] | None = None,
+    ) -> Any:
         """``work(loss)`` with ``tensors`` (the others: the model's) in the model, for the
-        forward pass and whatever backward pass ``work`` does."""
-        swapped = {**self.w0, **self.buffers, **tensors}
+        forward pass and whatever backward pass ``work`` does. ``buffers``: floating-point
+        buffers to use instead of the model's (a copy that training mode may update)."""
+        swapped = {**self.w0, **(self.buffers if buffers is None else buffers), **tensors}
         return functional_call(
             self.runner, {f"model.{k}": v for k, v in swapped.items()}, (batch, work)
         )
 
     def loss_and_grad(
-        self, leaves: dict[str, torch.Tensor], batch, create_graph: bool = False
+        self,
+        leaves: dict[str, torch.Tensor],
+        batch,
+        create_graph: bool = False,
+        buffers: Mapping[str, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The loss at ``leaves`` and its gradient w.r.t. each of them (zeros if unused)."""
 
@@ -207,7 +227,7 @@ class ScaledModel:
 
         context = math_attention() if create_graph else contextlib.nullcontext()
         with context:
-            loss, grads = self.run(leaves, batch, work)
+            loss, grads = self.run(leaves, batch, work, buffers)
         grads = [torch.zeros_like(t) if g is None else g for t, g in zip(leaves.values(), grads)]
         return loss, grads
 
