@@ -96,8 +96,19 @@ METHODS: dict[str, dict] = {
         gradinit_probe_steps=200,
         gradinit_probe_margin=0.05,
     ),
-    # release 0.2: the probe at 300 steps (chosen on the dev set by simulate_probe)
+    # the probe at 300 steps (chosen on the dev set by simulate_probe), dropout off in the
+    # probe (records made before the probe trained in training mode)
     "probe300": dict(
+        gradinit=True,
+        gradinit_iterations=200,
+        gradinit_eta_multiplier=1.0,
+        gradinit_scale_lr=2.5e-3,
+        gradinit_fixed_embeddings=True,
+        gradinit_probe_steps=300,
+        gradinit_probe_margin=0.05,
+    ),
+    # release 0.2: the same, the probe in training mode (dropout on, the same masks)
+    "probe300_train": dict(
         gradinit=True,
         gradinit_iterations=200,
         gradinit_eta_multiplier=1.0,

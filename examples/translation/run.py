@@ -69,8 +69,9 @@ TRAINING_DEFAULTS: dict[str, Any] = dict(
     # Adam (0.9, 0.98) at a constant learning rate, no warmup, no gradient clipping.
     learning_rate=1e-3, lr_scheduler_type="constant", warmup_steps=0, adam_beta1=0.9,
     adam_beta2=0.98, weight_decay=0.0, max_grad_norm=0.0, max_steps=1000,
-    per_device_train_batch_size=32, train_sampling_strategy="group_by_length",
-    gradinit_iterations=200, gradinit_logging_steps=25,
+    # Batches at random (transformers' default). group_by_length pads less, but its batches go
+    # from the longest to the shortest in each chunk of 50, which stalled this model.
+    per_device_train_batch_size=32, gradinit_iterations=200, gradinit_logging_steps=25,
     per_device_eval_batch_size=64, predict_with_generate=True, generation_max_length=64,
     generation_num_beams=1,
     logging_steps=50, logging_first_step=True, save_strategy="no", report_to="none",
@@ -224,7 +225,9 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenize
     )
     tokenizer.decoder = decoders.Metaspace()
     specials = list(SPECIAL_TOKENS.values())
-    trainer = BpeTrainer(vocab_size=vocab_size, min_frequency=2, special_tokens=specials)
+    trainer = BpeTrainer(
+        vocab_size=vocab_size, min_frequency=2, special_tokens=specials, show_progress=False
+    )
     tokenizer.train_from_iterator(texts, trainer=trainer)
     eos = [("</s>", tokenizer.token_to_id("</s>"))]
     tokenizer.post_processor = processors.TemplateProcessing(
@@ -393,6 +396,7 @@ def main(
             remove_columns=["translation"],
             num_proc=data_args.preprocessing_num_workers,
             load_from_cache_file=not data_args.overwrite_cache,
+            desc="Tokenizing",
         )
     references = {s: [pair[tgt] for pair in raw[s]["translation"]] for s in raw if s != "train"}
 
@@ -402,7 +406,8 @@ def main(
     generation = model.generation_config
     generation.max_length = training_args.generation_max_length or data_args.max_target_length
     generation.num_beams = training_args.generation_num_beams or 1
-    logger.info("Model: %s, %d parameters", type(model).__name__, model.num_parameters())
+    million = model.num_parameters() / 1e6
+    logger.info("Model: %s from scratch, %.1fM parameters", type(model).__name__, million)
 
     def decode(ids: np.ndarray) -> list[str]:
         ids = np.where(ids < 0, tokenizer.pad_token_id, ids)
