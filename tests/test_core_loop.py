@@ -212,6 +212,10 @@ def test_decide_keeps_the_learned_init_unless_it_is_behind_by_the_margin():
     assert "probe steps 7-8" in ahead["reason"]
     close = decide([*start, 3.2, 3.2], [*start, 3.0, 3.0], config)  # 6.7% behind: kept
     assert close["decision"] == "learned"
+    # 18% behind, but by 0.002 after a loss of 9 (under 1% of it): noise, kept
+    learned_task = decide([*start, 0.013, 0.013], [*start, 0.011, 0.011], config)
+    assert learned_task["decision"] == "learned"
+    assert decide([*start, 0.2, 0.2], [*start, 0.1, 0.1], config)["decision"] == "original"
     behind = decide([*start, 3.4, 3.4], [*start, 3.0, 3.0], config)  # 13% behind
     assert behind["decision"] == "original"
     assert "behind" in behind["reason"] and "more than 10% higher" in behind["reason"]

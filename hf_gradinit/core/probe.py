@@ -87,6 +87,11 @@ def train_losses(
     return losses
 
 
+# Loss differences below this fraction of the original init's first loss are noise, however
+# large relative to a loss near zero (0.013 against 0.011 after a task is learned).
+NOISE_FLOOR = 0.01
+
+
 def tail_start(steps: int) -> int:
     """The first step (0-based) of the probe's last quarter."""
     return steps - max(1, steps // 4)
@@ -106,9 +111,10 @@ def decide(
     objective_improved: bool = True,
 ) -> dict:
     """Keep the learned init unless it is behind: its mean loss over the probe's last quarter
-    exceeds the original init's by more than ``probe_margin`` (relative), or it diverged, or
-    GradInit's objective did not improve (``objective_improved``). Returns the record kept
-    in the result: both loss curves, the two scores, the decision and its reason."""
+    exceeds the original init's by more than ``probe_margin`` (relative) and by more than
+    ``NOISE_FLOOR`` of the original's first loss, or it diverged, or GradInit's objective did
+    not improve (``objective_improved``). Returns the record kept in the result: both loss
+    curves, the two scores, the decision and its reason."""
     steps = config.probe_steps
     a, b = tail_mean(learned, steps), tail_mean(original, steps)
     window = f"probe steps {tail_start(steps) + 1}-{steps}"
@@ -118,7 +124,7 @@ def decide(
     elif math.isinf(a):
         decision = "original"
         reason = f"training from the learned init diverged within {steps} probe steps"
-    elif a > b * (1 + config.probe_margin):
+    elif a > b * (1 + config.probe_margin) and a - b > NOISE_FLOOR * original[0]:
         decision = "original"
         reason = (
             f"training from the learned init was behind: mean loss over {window} {a:.4g} "
