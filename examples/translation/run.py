@@ -68,9 +68,9 @@ TRAINING_DEFAULTS: dict[str, Any] = dict(  # TrainingArguments' in this script: 
     # Adam (0.9, 0.98) at a constant learning rate, no warmup, no gradient clipping.
     learning_rate=1e-3, lr_scheduler_type="constant", warmup_steps=0, adam_beta1=0.9,
     adam_beta2=0.98, weight_decay=0.0, max_grad_norm=0.0, max_steps=1000,
-    # "sequential": batches of similar lengths in random order, by length_buckets(); (random
-    # ones pad 2.4x more; group_by_length, longest first every 50 batches, stalled this model)
-    train_sampling_strategy="sequential", per_device_train_batch_size=32,
+    # Random batches: transformers' group_by_length (the longest first in every 50 batches)
+    # stalled this model (examples/translation/README.md).
+    train_sampling_strategy="random", per_device_train_batch_size=32,
     gradinit_iterations=200, gradinit_logging_steps=25, per_device_eval_batch_size=64,
     predict_with_generate=True, generation_max_length=64, generation_num_beams=1,
     logging_steps=50, logging_first_step=True, save_strategy="no", report_to="none",
@@ -282,16 +282,6 @@ def make_bleu(target_lang: str, tokenize: str | None) -> BLEU:
         ) from None
 
 
-def length_buckets(dataset: datasets.Dataset, batch_size: int, seed: int) -> datasets.Dataset:
-    """The dataset ordered in blocks of ``batch_size`` pairs of similar lengths, the blocks in
-    random order: read in order ("sequential" sampling), it gives length-bucketed batches."""
-    rng = np.random.default_rng(seed)
-    lengths = [max(len(s), len(t)) for s, t in zip(dataset["input_ids"], dataset["labels"])]
-    order = np.argsort(np.asarray(lengths) + rng.random(len(lengths)))  # random among equals
-    blocks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    return dataset.select(np.concatenate([blocks[i] for i in rng.permutation(len(blocks))]))
-
-
 class TranslationTrainer(GradInitTrainer):
     """Evaluates in dataset order: with "group_by_length", transformers would group evaluation
     batches by length too, and predictions would not line up with sources and references."""
@@ -405,9 +395,6 @@ def main(
             desc="Tokenizing",
         )
     references = {s: [pair[tgt] for pair in raw[s]["translation"]] for s in raw if s != "train"}
-    if training_args.train_sampling_strategy == "sequential":  # see TRAINING_DEFAULTS
-        batch = training_args.per_device_train_batch_size * training_args.world_size
-        tokenized["train"] = length_buckets(tokenized["train"], batch, training_args.seed)
 
     # Model: random weights from a config.
     config = make_config(model_args, data_args, tokenizer)
