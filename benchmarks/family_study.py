@@ -147,14 +147,15 @@ def _tokens(g, n: int):
     return torch.randint(FIRST_TOKEN, VOCAB, (n,), generator=g)
 
 
-def make_examples(task: str, n: int, seed: int) -> list[dict]:
-    """``n`` examples of a synthetic task (token ids < VOCAB), as dicts of tensors."""
+def make_examples(task: str, n: int, seed: int, length: int = LENGTH) -> list[dict]:
+    """``n`` examples of a synthetic task (token ids < VOCAB), as dicts of tensors;
+    ``length``: tokens of the sequence the task is about."""
     import torch
 
     g = torch.Generator().manual_seed(seed)
     out = []
     for _ in range(n):
-        x = _tokens(g, LENGTH)
+        x = _tokens(g, length)
         if task in ("lm-reverse", "lm-sort"):  # x, SEP, f(x): a causal LM on the whole line
             y = torch.flip(x, [0]) if task == "lm-reverse" else torch.sort(x).values
             ids = torch.cat([x, torch.tensor([SEP]), y])
@@ -178,7 +179,7 @@ def make_examples(task: str, n: int, seed: int) -> list[dict]:
         elif task == "mlm-mirror":  # x, SEP, reverse(x); 15% masked, predictable from the mirror
             ids = torch.cat([x, torch.tensor([SEP]), torch.flip(x, [0])])
             masked = torch.rand(ids.shape, generator=g) < 0.15
-            masked[LENGTH] = False
+            masked[length] = False
             if not masked.any():
                 masked[0] = True
             labels = torch.where(masked, ids, torch.full_like(ids, -100))
@@ -327,7 +328,8 @@ def _held_out_metrics(trainer, model, held_out: list[dict], spec: dict) -> dict:
         out["eval_accuracy"] = float((logits.argmax(-1) == batch["labels"]).float().mean())
     if spec["task"].startswith("lm-"):
         # next-token loss on the answer (the tokens after SEP)
-        shift_logits, targets = logits[:, LENGTH:-1], batch["labels"][:, LENGTH + 1 :]
+        n = (batch["input_ids"].shape[1] - 1) // 2
+        shift_logits, targets = logits[:, n:-1], batch["labels"][:, n + 1 :]
         out["eval_answer_loss"] = float(
             torch.nn.functional.cross_entropy(shift_logits.reshape(-1, VOCAB), targets.reshape(-1))
         )
@@ -359,7 +361,8 @@ def run_one(
 ) -> dict:
     """Train workload ``name`` with ``method`` and ``seed``; returns the run's record.
     ``replay``: {"scales", "kinds", "power"}, scales applied before training (ablations).
-    ``size``: smaller workloads for tests: ``d_model``, ``layers``, ``steps``, ``examples``."""
+    ``size``: smaller workloads for tests: ``d_model``, ``layers``, ``steps``, ``examples``,
+    ``length``."""
     import torch
     from transformers import PrinterCallback, default_data_collator
 
@@ -378,8 +381,9 @@ def run_one(
         train, held_out = digits_split()
         steps = spec.get("steps") or CNN_EPOCHS * (len(train) // BATCH)
     else:
-        train = make_examples(spec["task"], size.get("examples", EXAMPLES), 1000 + seed)
-        held_out = make_examples(spec["task"], HELD_OUT, 2000 + seed)
+        length = size.get("length", LENGTH)
+        train = make_examples(spec["task"], size.get("examples", EXAMPLES), 1000 + seed, length)
+        held_out = make_examples(spec["task"], HELD_OUT, 2000 + seed, length)
         steps = spec.get("steps", DEFAULT_STEPS)
     optim = spec.get("optim", "adam")
     optimizer_args = (
@@ -424,7 +428,7 @@ def run_one(
         "run_s": round(time.perf_counter() - start, 1),
         "gradinit_s": round(result.runtime_s, 1) if result is not None else 0.0,
     }
-    if result is not None and result.probe is not None:
+    if result is not None and getattr(result, "probe", None) is not None:
         record["probe"] = {k: v for k, v in result.probe.items() if not k.endswith("_losses")}
     if result is not None:
         record["scales"] = {k: round(v, 4) for k, v in result.scales.items()}
