@@ -78,9 +78,9 @@ class GradInitConfig:
     Parameters:
         probe_steps: steps of the real optimizer taken from the learned and from the original
             init on the same batches; the learned scales are dropped if training from them is
-            behind (0: no probe, always keep them).
-        probe_margin: how far behind (relative loss over the probe's last quarter) the
-            learned init may be and still be kept.
+            behind (0: no probe, always keep them). In a trainer, at most the run's steps.
+        probe_margin: how far behind (relative loss over the probe's last quarter, on top of
+            1% of the first loss) the learned init may be and still be kept.
 
     > Failures
 
@@ -166,7 +166,7 @@ class GradInitConfig:
         },
     )
     probe_margin: float = field(
-        default=0.05,
+        default=0.0,
         metadata={"help": "How far behind (relative loss) the learned init may be and be kept."},
     )
     on_nonfinite: Literal["raise", "skip"] = field(

@@ -1,6 +1,7 @@
-"""The toy: does GradInit, with the trainer's default settings (the probe included), do no
-harm to a tiny Post-LN Marian trained from scratch (issue #13)? Which tensors count as tied
-input/output embeddings: tests/test_core_problem.py."""
+"""Never worse than no GradInit: the trainer's default settings (the probe included) on one
+small workload per model family, each trained with and without GradInit from the same seed
+(same init, same batches). Where the defaults of release 0.1 (no probe) harmed at this size,
+the case says so; those cases fail on them. Workloads: benchmarks/family_study.py."""
 
 from __future__ import annotations
 
@@ -10,56 +11,47 @@ from pathlib import Path
 import pytest
 from testing_utils import load_script
 
-TOY = Path(__file__).resolve().parents[1] / "benchmarks" / "toy_study.py"
-# The study's toy made small enough for a test (see benchmarks/results/toy_study.md).
-TOY_SIZE = dict(layers=2, steps=150, examples=600)
-HARM_MARGIN = 0.5  # final loss above no GradInit's by more than this: harm
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+TOLERANCE = 0.03  # relative: one seed, so a little noise is allowed where GradInit is kept
 
 
 @pytest.fixture(scope="module")
-def toy():
-    yield load_script(TOY, "toy_study")
-    sys.modules.pop("toy_study", None)
+def study():
+    sys.path.insert(0, str(BENCHMARKS))  # family_study imports toy_study's models
+    yield load_script(BENCHMARKS / "family_study.py", "family_study")
+    sys.modules.pop("family_study", None)
+    sys.path.remove(str(BENCHMARKS))
+
+
+CASES = {
+    # Post-LN decoder-only. Release 0.1: 3.14 against 2.77 without GradInit (shrunken
+    # LayerNorm gains delay the escape from the initial plateau).
+    "openai-gpt": ("gpt-reverse", dict(d_model=32, layers=4, steps=200, length=6), 2e-3),
+    # Post-LN encoder-decoder (BART's shared embedding and learned positions). Release 0.1:
+    # 2.92 against 2.75.
+    "bart": ("bart-copy", dict(d_model=32, layers=3, steps=300, length=6), None),
+    # Post-LN encoder-decoder, Marian with one embedding for everything.
+    "marian": ("marian-shared-reverse-2e-3", dict(d_model=32, layers=2, steps=200, length=6), None),
+    # Post-LN encoder-only classifier.
+    "bert": ("bert-majority", dict(d_model=32, layers=4, steps=200), None),
+    # Pre-LN control.
+    "gpt2": ("gpt2-reverse", dict(d_model=32, layers=4, steps=200, length=6), 2e-3),
+    # A CNN without normalization on scikit-learn's digits, SGD with momentum.
+    "cnn": ("cnn-digits-sgd", dict(steps=300), None),
+}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "case",
-    [
-        # With eta = lr and scale lr 1e-2 (the defaults before the no-warmup study v2) this
-        # 2+2-layer all-shared toy ended at 2.72 against 1.78 without GradInit at step 150;
-        # with every tensor scaled (before issue #13) it stalled (4.10). Scale lr 2.5e-3 passes.
-        "marian-shared-reverse",
-        "marian-reference-reverse",
-    ],
-)
-def test_default_gradinit_does_no_harm_on_the_toy(toy, case):
-    without = toy.run_one(case, dict(gradinit=False), seed=0, size=TOY_SIZE)
-    with_gradinit = toy.run_one(case, dict(gradinit=True), seed=0, size=TOY_SIZE)
-    assert without["final_loss"] < 3.0  # the toy trains without GradInit
-    assert with_gradinit["final_loss"] < without["final_loss"] + HARM_MARGIN, (
-        f"GradInit stalled the {case} toy: {with_gradinit['final_loss']:.2f} vs "
-        f"{without['final_loss']:.2f} without; distinct outputs "
-        f"{with_gradinit['distinct_outputs']} of 16"
-    )
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize(
-    "case", ["marian-reference-reverse-lr2e-3", "marian-shared-reverse-lr2e-3"]
-)
-def test_default_gradinit_does_no_harm_at_a_high_learning_rate(toy, case):
-    """The 6+6 toys at lr 2e-3 train without GradInit. With eta = 2x lr GradInit sent every
-    decoder self-attention's value and output projections to the 0.01 floor and both
-    layouts stalled (4.12, one output for all 16 inputs); eta = lr with scale lr 1e-2
-    trained the reference layout but still stalled the all-shared one (3 of 3 seeds); with
-    the reference's scale lr 2.5e-3 both train."""
-    size = dict(steps=150)
-    without = toy.run_one(case, dict(gradinit=False), seed=0, size=size)
-    with_gradinit = toy.run_one(case, dict(gradinit=True), seed=0, size=size)
-    assert without["final_loss"] < 3.0
-    assert with_gradinit["final_loss"] < without["final_loss"] + HARM_MARGIN, (
-        f"GradInit stalled the {case} toy: {with_gradinit['final_loss']:.2f} vs "
-        f"{without['final_loss']:.2f} without; distinct outputs "
-        f"{with_gradinit['distinct_outputs']} of 16"
+@pytest.mark.parametrize("family", list(CASES))
+def test_default_gradinit_is_not_worse_than_none(study, family, monkeypatch):
+    pytest.importorskip("sklearn")  # the digits
+    name, size, lr = CASES[family]
+    if lr is not None:
+        monkeypatch.setitem(study.WORKLOADS, name, {**study.WORKLOADS[name], "lr": lr})
+    without = study.run_one(name, dict(gradinit=False), 0, size={**size, "examples": 1000})
+    with_gradinit = study.run_one(name, dict(gradinit=True), 0, size={**size, "examples": 1000})
+    worse, base = study.score(name, with_gradinit), study.score(name, without)
+    assert worse <= base * (1 + TOLERANCE) + 1e-3, (
+        f"{family}: {worse:.3f} with GradInit's defaults against {base:.3f} without "
+        f"(probe: {with_gradinit.get('probe', {}).get('reason')})"
     )

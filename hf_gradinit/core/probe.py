@@ -5,9 +5,9 @@ families the scales that win that step lose the next hundreds (docs/results.md):
 GPT leaves its initial plateau later, a BERT classifier collapses. So before the scales are
 applied, the real optimizer trains a copy of the model ``probe_steps`` steps from each init,
 on the same batches. The learned scales are kept unless their mean loss over the last
-quarter of those steps is higher than the original init's by more than ``probe_margin``
-(relative), or GradInit's own objective did not improve. Otherwise the model keeps its
-original init, and the result says why.
+quarter of those steps is higher than the original init's (by more than ``NOISE_FLOOR`` of
+the first loss, and more than ``probe_margin`` relative), or GradInit's own objective did
+not improve. Otherwise the model keeps its original init, and the result says why.
 
 Equal losses keep the learned init: where no-warmup training stalls, both inits usually
 look alike for a few hundred steps and GradInit's advantage shows later (docs/results.md).
@@ -126,9 +126,10 @@ def decide(
         reason = f"training from the learned init diverged within {steps} probe steps"
     elif a > b * (1 + config.probe_margin) and a - b > NOISE_FLOOR * original[0]:
         decision = "original"
+        margin = f", more than {config.probe_margin:.0%} higher" if config.probe_margin else ""
         reason = (
             f"training from the learned init was behind: mean loss over {window} {a:.4g} "
-            f"against {b:.4g} from the original init (more than {config.probe_margin:.0%} higher)"
+            f"against {b:.4g} from the original init{margin}"
         )
     else:
         decision = "learned"
