@@ -75,60 +75,25 @@ DEFAULT_STEPS, CNN_EPOCHS = 300, 30
 # GradInitTrainingArguments of each method, on top of the trainer's defaults. Every
 # GradInit method spells out the settings it measures, so a record keeps its meaning when
 # the defaults change.
+V01 = dict(  # the defaults of release 0.1 (main 2543080), which had no probe
+    gradinit=True,
+    gradinit_iterations=200,
+    gradinit_eta_multiplier=1.0,
+    gradinit_scale_lr=2.5e-3,
+    gradinit_fixed_embeddings=True,
+)
 METHODS: dict[str, dict] = {
     "none": dict(gradinit=False),
-    # the defaults of release 0.1 (main 2543080)
-    "gradinit_v01": dict(
-        gradinit=True,
-        gradinit_iterations=200,
-        gradinit_eta_multiplier=1.0,
-        gradinit_scale_lr=2.5e-3,
-        gradinit_fixed_embeddings=True,
-        gradinit_probe_steps=0,  # (0.1 had no probe; the records were made with 0.1)
-    ),
-    # the probe at 200 steps (learned kept unless more than 5% behind over the last quarter)
-    "probe200": dict(
-        gradinit=True,
-        gradinit_iterations=200,
-        gradinit_eta_multiplier=1.0,
-        gradinit_scale_lr=2.5e-3,
-        gradinit_fixed_embeddings=True,
-        gradinit_probe_steps=200,
-        gradinit_probe_margin=0.05,
-    ),
-    # the probe at 300 steps (chosen on the dev set by simulate_probe), dropout off in the
-    # probe (records made before the probe trained in training mode)
-    "probe300": dict(
-        gradinit=True,
-        gradinit_iterations=200,
-        gradinit_eta_multiplier=1.0,
-        gradinit_scale_lr=2.5e-3,
-        gradinit_fixed_embeddings=True,
-        gradinit_probe_steps=300,
-        gradinit_probe_margin=0.05,
-    ),
-    # the same, the probe in training mode (dropout on, the same masks)
-    "probe300_train": dict(
-        gradinit=True,
-        gradinit_iterations=200,
-        gradinit_eta_multiplier=1.0,
-        gradinit_scale_lr=2.5e-3,
-        gradinit_fixed_embeddings=True,
-        gradinit_probe_steps=300,
-        gradinit_probe_margin=0.05,
-    ),
-    # release 0.2 (its defaults): probe300_train, but the learned init is dropped when it is
-    # behind by more than 1% of the first loss (no 5% margin: on small BART and GPT a learned
-    # init 4% behind in the probe ended behind), and the probe is no longer than the run
-    "v02": dict(
-        gradinit=True,
-        gradinit_iterations=200,
-        gradinit_eta_multiplier=1.0,
-        gradinit_scale_lr=2.5e-3,
-        gradinit_fixed_embeddings=True,
-        gradinit_probe_steps=300,
-        gradinit_probe_margin=0.0,
-    ),
+    "gradinit_v01": {**V01, "gradinit_probe_steps": 0},
+    # the probe at 200 and 300 steps, learned kept unless more than 5% behind over the last
+    # quarter, dropout off in the probe ("_train": on, the same masks from either init)
+    "probe200": {**V01, "gradinit_probe_steps": 200, "gradinit_probe_margin": 0.05},
+    "probe300": {**V01, "gradinit_probe_steps": 300, "gradinit_probe_margin": 0.05},
+    "probe300_train": {**V01, "gradinit_probe_steps": 300, "gradinit_probe_margin": 0.05},
+    # release 0.2 (its defaults): probe300_train, but the learned init is dropped when behind
+    # by more than 1% of the first loss (no 5% margin: on small BART and GPT a learned init
+    # 4% behind in the probe ended behind), and the probe is no longer than the run
+    "v02": {**V01, "gradinit_probe_steps": 300, "gradinit_probe_margin": 0.0},
     # ablations: the scales gradinit_v01 learned on the same seed, replayed (in part, or
     # raised to a power) on the fresh init, then trained without GradInit
     "replay_gains": dict(gradinit=False, _replay="gradinit_v01", _kinds="gain", _power=1.0),
