@@ -514,6 +514,51 @@ def table(cache: dict, split: str) -> str:
     return "\n".join(rows) + "\n"
 
 
+FAMILIES = {
+    "openai-gpt": "Post-LN decoder (OpenAI GPT)",
+    "gpt2": "Pre-LN decoder (GPT-2)",
+    "bert-cls": "Post-LN encoder (BERT)",
+    "bert-mlm": "Post-LN encoder (BERT MLM)",
+    "distilbert-cls": "Post-LN encoder (DistilBERT)",
+    "marian-reference": "Post-LN enc-dec (Marian)",
+    "marian-shared": "Post-LN enc-dec (Marian, shared)",
+    "bart": "Post-LN enc-dec (BART)",
+    "fsmt": "Post-LN enc-dec (FSMT)",
+    "t5": "Pre-LN enc-dec (T5)",
+    "cnn": "CNN, no normalization",
+}
+
+
+def _cell(cache: dict, name: str, method: str) -> str:
+    s = summarize(cache, name, method)
+    if s is None:
+        return ""
+    verdict = "" if "worse" not in s else (" **worse**" if s["worse"] else "")
+    return f"{s['mean']:.3f}{verdict}"
+
+
+def summary_table(cache: dict, methods: tuple[str, ...] = ("gradinit_v01", "v02")) -> str:
+    """One row per workload: its family and split, the mean score (3 seeds) of no GradInit
+    and of each method (**worse**: beyond seed noise), and how often the probe kept the
+    learned init."""
+    head = ["split", "workload", "family", "lr", "no GradInit", *methods, "learned init kept"]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, spec in WORKLOADS.items():
+        last = methods[-1]
+        seeds = [k for k in cache if k.startswith(f"{name}/{last}/")]
+        kept = [cache[k].get("probe", {}).get("decision") == "learned" for k in seeds]
+        cells = [_cell(cache, name, m) for m in ("none", *methods)]
+        if not any(cells):
+            continue
+        optim = "SGD" if spec.get("optim") == "sgd" else "Adam"
+        rows.append(
+            f"| {spec['split']} | {name} | {FAMILIES[spec['model']]} | {optim} {spec['lr']:g} | "
+            + " | ".join(cells)
+            + f" | {sum(kept)} of {len(kept)} |"
+        )
+    return "\n".join(rows) + "\n"
+
+
 def write_report(cache: dict, path: Path) -> None:
     text = (
         "# Family study: is GradInit ever worse than no GradInit?\n\n"
@@ -527,6 +572,8 @@ def write_report(cache: dict, path: Path) -> None:
         "standard deviation over the seeds, at least 2% of its mean).\n\n"
         "Methods:\n\n"
         + "".join(f"- `{m}`: `{json.dumps(a)}`\n" for m, a in METHODS.items())
+        + "\n## Summary: no GradInit, release 0.1's defaults, release 0.2's (with the probe)\n\n"
+        + summary_table(cache)
         + "\n## Development set\n\n"
         + table(cache, "dev")
         + "\n## Test set\n\n"

@@ -67,7 +67,7 @@ def test_arguments_follow_optim_and_learning_rate(tmp_path):
     ).to_gradinit_config()  # fmt: skip
     assert custom.min_scale == 0.2 and custom.scale_betas == (0.5, 0.6)
     assert (custom.probe_steps, custom.probe_margin) == (7, 0.1)
-    assert (config.probe_steps, config.probe_margin) == (200, 0.05)  # the defaults
+    assert (config.probe_steps, config.probe_margin) == (300, 0.0)  # the defaults
 
 
 def test_reference_recipe_in_one_argument(tmp_path):

@@ -31,7 +31,7 @@ def test_invalid_settings(kwargs, match):
 def test_defaults_and_the_reference_recipe():
     config = GradInitConfig()
     assert (config.iterations, config.scale_lr, config.gamma) == (200, 2.5e-3, None)
-    assert (config.probe_steps, config.probe_margin) == (200, 0.05)
+    assert (config.probe_steps, config.probe_margin) == (300, 0.0)
     assert config.fixed_embeddings is True and config.hvp == "forward_difference"
     assert config.norm_type == "l1" and GradInitConfig(inner_optimizer="sgd").norm_type == "l2"
     reference = GradInitConfig.reference(5e-4)
