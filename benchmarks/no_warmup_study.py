@@ -272,6 +272,9 @@ def run_one(run: dict, base_args: list[str], device_args: list[str], cache: Path
         "wall_s": wall,
         "scales": {k: round(v, 4) for k, v in gradinit["scales"].items()} if gradinit else None,
     }
+    probe = (gradinit or {}).get("probe")
+    if probe:  # the probe's decision, its reason and scores (not its loss curves)
+        out["probe"] = {k: v for k, v in probe.items() if not k.endswith("_losses")}
     shutil.rmtree(folder, ignore_errors=True)  # the record holds what the study needs
     records.add(out)
     return {**out, "_ran_now": True}
