@@ -188,6 +188,10 @@ def label(run: dict) -> str:
         for name in ("eta_multiplier", "scale_lr")
     ]
     parts += [f"{k.removeprefix('--gradinit_')} {v}" for k, v in given.items()]
+    recorded = run.get("gradinit_defaults", {})  # the probe came with release 0.2
+    if "--gradinit_probe_steps" not in given:
+        steps = recorded.get("gradinit_probe_steps", 0)
+        parts.append(f"probe {steps}" if steps else "no probe")
     return f"gradinit ({', '.join(parts)})"
 
 
