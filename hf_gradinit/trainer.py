@@ -22,8 +22,18 @@ from typing import Any
 import torch
 from transformers import Seq2SeqTrainer
 
-from .arguments import GradInitArguments, GradInitTrainingArguments, check_gradinit_batch_size
-from .callbacks import GradInitCallback
+from .arguments import (  # noqa: F401 - re-exported: their home before release 0.2
+    GradInitArguments,
+    GradInitTrainingArguments,
+    check_gradinit_batch_size,
+    inner_optimizer_for,
+    sgd_step_factor,
+)
+from .callbacks import (  # noqa: F401 - re-exported, as above
+    GradInitCallback,
+    default_logging_steps,
+    gradinit_log_entries,
+)
 from .card import CARD_FILE, render_scales_plot, trainer_model_card
 from .config import GradInitConfig, GradInitError
 from .data import label_safe_collator
@@ -234,4 +244,4 @@ class GradInitTrainer(Seq2SeqTrainer):
         card.save(os.path.join(folder, CARD_FILE))
 
 
-__all__ = ["GradInitError", "GradInitTrainer"]
+__all__ = ["GradInitArguments", "GradInitError", "GradInitTrainer", "GradInitTrainingArguments"]
