@@ -128,7 +128,8 @@ def test_bleu_table_gives_mean_range_and_seeds_of_runs_with_a_test_set(study):
     cells = [c.strip() for c in rows[0].split("|")[1:-1]]
     assert cells[3:] == [
         # records made before the study kept the trainer's defaults: eta 2x lr, scale lr 1e-2
-        "gradinit (eta_multiplier 2.0, scale_lr 0.01, iterations 200)",
+        # and came before the probe
+        "gradinit (eta_multiplier 2.0, scale_lr 0.01, iterations 200, no probe)",
         "3",
         "10.5",
         "9.0-12.0",
@@ -148,7 +149,7 @@ def test_a_gradinit_run_is_keyed_and_labelled_by_the_trainers_defaults(study, mo
     assert before["gradinit_defaults"] == defaults
     assert study.label(before) == (
         f"gradinit (eta_multiplier {defaults['gradinit_eta_multiplier']}, scale_lr "
-        f"{defaults['gradinit_scale_lr']}, iterations 200)"
+        f"{defaults['gradinit_scale_lr']}, iterations 200, probe {defaults['gradinit_probe_steps']})"
     )
     changed = {**defaults, "gradinit_scale_lr": 0.5}
     monkeypatch.setattr(study, "gradinit_defaults", lambda: changed)
