@@ -32,7 +32,10 @@ def test_apply_is_exact_and_keeps_ties():
     config = GradInitConfig(  # scale the embeddings; no probe (it may keep the original)
         iterations=5, scale_lr=5e-2, fixed_embeddings=False, probe_steps=0
     )
-    result = apply_gradinit(model, seq2seq_examples(24), config, batch_size=12, show_progress=False)
+    with pytest.warns(UserWarning, match="both an input embedding and the output projection"):
+        result = apply_gradinit(
+            model, seq2seq_examples(24), config, batch_size=12, show_progress=False
+        )
     params = dict(model.named_parameters(remove_duplicate=False))
     assert model.lm_head.weight is model.model.shared.weight
     assert model.model.encoder.embed_tokens.weight is model.model.shared.weight
