@@ -52,30 +52,7 @@ def test_cli_init_translation_end_to_end(tmp_path, capsys, monkeypatch):
     model, folder, data = _translation_setup(tmp_path)
     original = snapshot(model)
     out = tmp_path / "initialized"
-    status = main(
-        [
-            "init",
-            "--model_path",
-            folder,
-            "--train_file",
-            data,
-            "--source_lang",
-            "de",
-            "--target_lang",
-            "en",
-            "--learning_rate",
-            "5e-4",
-            "--output_dir",
-            str(out),
-            "--gradinit_iterations",
-            "3",
-            "--gradinit_probe_steps",
-            "0",
-            "--gradinit_batch_size",
-            "6",
-            "--use_cpu",
-        ]
-    )
+    status = main(cli_init_args(folder, data, out, iterations=3))
     assert status == 0, capsys.readouterr().err
     printed = capsys.readouterr().out
     assert "Saved the initialized checkpoint" in printed
@@ -120,31 +97,9 @@ def test_cli_init_translation_end_to_end(tmp_path, capsys, monkeypatch):
 def test_cli_init_from_config_only_and_push(tmp_path, hub):
     _, folder, data = _translation_setup(tmp_path, weights=False)
     assert not (Path(folder) / "model.safetensors").exists()
-    status = main(
-        [
-            "init",
-            "--model_path",
-            folder,
-            "--train_file",
-            data,
-            "--source_lang",
-            "de",
-            "--target_lang",
-            "en",
-            "--learning_rate",
-            "5e-4",
-            "--output_dir",
-            str(tmp_path / "out"),
-            "--gradinit_iterations",
-            "2",
-            "--gradinit_probe_steps",
-            "0",
-            "--use_cpu",
-            "--push_to_hub",
-            "--hub_model_id",
-            "someone/marian-init",
-        ]
-    )
+    out = tmp_path / "out"
+    push = ["--push_to_hub", "--hub_model_id", "someone/marian-init"]
+    status = main(cli_init_args(folder, data, out, *push))
     assert status == 0
     (upload,) = hub["uploads"]
     assert {"model.safetensors", "config.json", SCALES_FILE, "README.md"} <= set(upload["files"])
