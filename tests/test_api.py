@@ -223,6 +223,47 @@ def test_empty_dataset():
     assert_same_weights(model, before)
 
 
+def test_buffers_are_left_as_they_were_by_the_iterations_and_the_probe():
+    """Only parameters get scales. Buffers that a forward pass updates in place (BatchNorm's
+    running statistics and its integer step count, a call counter) must not carry the
+    marks of GradInit's forward passes or of the probe's training steps."""
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Sequential(
+                torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.ReLU(), torch.nn.Linear(8, 2)
+            )  # fmt: skip
+            self.register_buffer("calls", torch.zeros((), dtype=torch.long))
+
+        def forward(self, x, y=None):
+            self.calls += 1
+            return torch.nn.functional.cross_entropy(self.net(x), y)
+
+    data = [{"x": torch.randn(4), "y": torch.tensor(i % 2)} for i in range(48)]
+    model = Net()
+    before = {n: b.clone() for n, b in model.named_buffers()}
+    assert {"net.1.num_batches_tracked", "net.1.running_mean", "calls"} <= set(before)
+    _run(model, data=data, config=GradInitConfig(eta=1e-3, iterations=3, probe_steps=3))
+    for name, buffer in model.named_buffers():
+        assert torch.equal(buffer, before[name]), name
+
+
+def test_a_tuple_output_gives_its_loss_first_as_the_trainer_reads_it():
+    model = tiny_bert_classifier(return_dict=False)
+    outputs = model(**default_data_collator(list(classification_examples(4))))
+    assert isinstance(outputs, tuple) and outputs[0].dim() == 0  # the loss first
+    result = _run(model, data=classification_examples(24))
+    assert result.scales
+
+
+def test_batch_keys_that_forward_does_not_take_are_named_in_the_error():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 2))  # forward(input): positional only
+    data = [{"x": torch.randn(4), "y": torch.tensor(i % 2)} for i in range(24)]
+    with pytest.raises(GradInitError, match=r"model\(\*\*batch\).*keys must be the names"):
+        _run(model, data=data, loss_fn=lambda out, batch: out.sum())
+
+
 def test_batches_without_labels():
     model = tiny_marian()
     before = snapshot(model)

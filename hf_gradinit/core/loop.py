@@ -154,7 +154,13 @@ class _Loop:
                 raise
             keys = sorted(batch) if isinstance(batch, Mapping) else type(batch).__name__
             hint = ""
-            if isinstance(batch, Mapping) and not set(batch) & {"labels", "label", "label_ids"}:
+            if isinstance(e, TypeError) and "keyword argument" in str(e):
+                hint = (
+                    " GradInit calls `model(**batch)`, so the batch's keys must be the names of "
+                    "forward's arguments: rename the columns, or wrap a model whose forward "
+                    "takes positional inputs (an nn.Sequential) in a module that takes named ones."
+                )
+            elif isinstance(batch, Mapping) and not set(batch) & {"labels", "label", "label_ids"}:
                 hint = (
                     " The batch has no labels: GradInit needs batches the model computes a "
                     "loss from (e.g. `labels`), or a `loss_fn`."

@@ -29,14 +29,17 @@ _LABEL_NAMES = ("labels", "label", "label_ids", "start_positions", "end_position
 
 
 def default_compute_loss(model: nn.Module, batch: Mapping[str, Any]) -> torch.Tensor:
-    """``model(**batch)`` and the loss it returns (``outputs.loss``, ``outputs["loss"]`` or
-    the scalar output itself)."""
+    """``model(**batch)`` and the loss it returns: ``outputs.loss``, ``outputs["loss"]``,
+    the scalar output itself, or, as the Trainer reads it, the first element of a tuple
+    (HF models with ``return_dict=False``)."""
     outputs = model(**batch)
     loss = None
     if isinstance(outputs, torch.Tensor):
         loss = outputs
     elif isinstance(outputs, Mapping) or hasattr(outputs, "loss"):
         loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs.loss
+    elif isinstance(outputs, (tuple, list)) and outputs and isinstance(outputs[0], torch.Tensor):
+        loss = outputs[0] if outputs[0].dim() == 0 else None
     if loss is None:
         raise GradInitError(
             "The model returned no loss. GradInit needs batches with labels (e.g. `labels` "
@@ -173,7 +176,12 @@ class ScaledModel:
             return t.detach().to(dtype=compute_dtype(t.dtype))
 
         self.w0 = {n: view(p) for n, p in named.items()}
-        self.buffers = {n: view(b) for n, b in model.named_buffers() if b.is_floating_point()}
+        # Copies, integer ones too: a forward pass may update a buffer in place (BatchNorm's
+        # statistics and step count in training mode), and the model must not keep the marks.
+        self.buffers = {
+            n: (view(b) if b.is_floating_point() else b.detach()).clone()
+            for n, b in model.named_buffers()
+        }
         self.dtype = self.w0[self.names[0]].dtype if self.names else torch.float32
         self.device = device
 
@@ -202,8 +210,8 @@ class ScaledModel:
         buffers: Mapping[str, torch.Tensor] | None = None,
     ) -> Any:
         """``work(loss)`` with ``tensors`` (the others: the model's) in the model, for the
-        forward pass and whatever backward pass ``work`` does. ``buffers``: floating-point
-        buffers to use instead of the model's (a copy that training mode may update)."""
+        forward pass and whatever backward pass ``work`` does. ``buffers``: the buffers to
+        use instead of this problem's copies (a fresh copy that training mode may update)."""
         swapped = {**self.w0, **(self.buffers if buffers is None else buffers), **tensors}
         return functional_call(
             self.runner, {f"model.{k}": v for k, v in swapped.items()}, (batch, work)
