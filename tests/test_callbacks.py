@@ -135,6 +135,26 @@ def test_sft_trainer_runs_gradinit_before_the_first_step(tmp_path):
     assert all(not values for values in trainer._metrics["eval"].values())
 
 
+def test_sft_trainer_with_packing_splits_the_packed_row_over_its_sequences(tmp_path):
+    """trl's packing puts a whole batch into one row (padding-free): GradInit splits it
+    over its sequences instead of skipping every batch as a batch of one."""
+    datasets = pytest.importorskip("datasets")
+    trl = pytest.importorskip("trl")
+    texts = ["ich sieht hund", "du liest buch", "er hat katze", "wir kauft haus rot"] * 6
+    callback = GradInitCallback(GradInitConfig(iterations=3, probe_steps=2))
+    args = trl.SFTConfig(
+        output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=6, report_to="none",
+        use_cpu=True, disable_tqdm=True, max_length=16, packing=True,
+    )  # fmt: skip
+    trainer = trl.SFTTrainer(
+        model=tiny_gpt2(), args=args, processing_class=tiny_tokenizer(),
+        train_dataset=datasets.Dataset.from_dict({"text": texts}), callbacks=[callback],
+    )  # fmt: skip
+    assert next(iter(trainer.get_train_dataloader()))["input_ids"].shape[0] == 1  # packed
+    trainer.train()
+    assert callback.result is not None and callback.result.unsplittable_batches == 0
+
+
 def test_eta_and_inner_optimizer_follow_the_trainer_not_the_given_config(tmp_path):
     callback = GradInitCallback(GradInitConfig(eta=0.5, iterations=2, probe_steps=0))
     trainer = Trainer(

@@ -119,6 +119,39 @@ def test_split_batch_overlap():
     assert sorted(s["x"].tolist()) == sorted(t["x"].tolist()) == list(range(9))
 
 
+@pytest.mark.parametrize("overlap", [0.5, 0.0, 1.0])
+def test_a_packed_batch_is_split_over_its_sequences_as_the_collator_would_pack_them(overlap):
+    """A padding-free batch is one row holding every sequence. Each half must be exactly
+    what transformers' DataCollatorWithFlattening makes of the sequences it holds."""
+    from transformers import DataCollatorWithFlattening
+
+    collate = DataCollatorWithFlattening(return_flash_attn_kwargs=True, return_seq_idx=True)
+    g = torch.Generator().manual_seed(0)
+    examples = [
+        {"input_ids": torch.randint(3, 50, (n,), generator=g).tolist()} for n in (3, 5, 2, 4, 6, 3)
+    ]
+    batch = collate(examples)
+    assert batch_size(batch) == 1 and batch["input_ids"].shape == (1, 23)
+    s, t = split_batch(batch, overlap, torch.Generator().manual_seed(1))
+    chosen = []
+    for half in (s, t):
+        starts = (half["position_ids"][0] == 0).nonzero().flatten().tolist()
+        pieces = torch.tensor_split(half["input_ids"][0], starts[1:])
+        picked = [
+            next(i for i, e in enumerate(examples) if e["input_ids"] == p.tolist()) for p in pieces
+        ]
+        expected = collate([examples[i] for i in picked])
+        assert half.keys() == expected.keys()
+        for key, value in expected.items():
+            assert torch.equal(torch.as_tensor(half[key]), torch.as_tensor(value)), key
+        chosen.append(set(picked))
+    n = {0.5: 4, 0.0: 3, 1.0: 6}[overlap]
+    assert len(chosen[0]) == len(chosen[1]) == n
+    assert len(chosen[0] & chosen[1]) == 2 * n - 6 and chosen[0] | chosen[1] == set(range(6))
+    with pytest.raises(UnsplittableBatch):  # one packed sequence
+        split_batch(collate(examples[:1]), 0.5)
+
+
 def test_only_per_example_entries_are_split_and_a_batch_of_one_is_unsplittable():
     batch = {
         "input_ids": torch.arange(12).view(6, 2),

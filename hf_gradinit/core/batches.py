@@ -3,6 +3,7 @@
 A batch is a mapping of per-example tensors (the batch in the first dimension) and
 anything else a collator or a trainer puts there: scalars, per-batch tensors, strings,
 nested mappings. Only per-example entries are split; everything else goes to both halves.
+A padding-free batch (every sequence packed into one row) is split over its sequences.
 """
 
 from __future__ import annotations
@@ -74,6 +75,49 @@ def select(batch: Any, index: torch.Tensor, n: int) -> Any:
     return batch
 
 
+def packed_spans(batch: Mapping[str, Any]) -> list[tuple[int, int]] | None:
+    """The token spans of the sequences packed into a one-row batch, or None.
+
+    Padding-free batches (transformers' ``DataCollatorWithFlattening``, trl's ``packing``)
+    put every sequence into one row of shape (1, L); their ``position_ids`` restart at 0
+    where a sequence starts.
+    """
+    position_ids = batch.get("position_ids")
+    if not (isinstance(position_ids, torch.Tensor) and position_ids.dim() == 2):
+        return None
+    if position_ids.shape[0] != 1:
+        return None
+    starts = (position_ids[0] == 0).nonzero().flatten().tolist()
+    if len(starts) < 2 or starts[0] != 0:
+        return None
+    return list(zip(starts, [*starts[1:], position_ids.shape[1]]))
+
+
+def _select_packed(batch: Mapping[str, Any], spans: list[tuple[int, int]]) -> dict[str, Any]:
+    """The sequences ``spans`` of a packed batch, packed again: (1, L) tensors keep their
+    tokens, the boundaries (``cu_seq_lens_*``, ``max_length_*``, ``seq_idx``) are rebuilt."""
+    length = batch["position_ids"].shape[1]
+    device = batch["position_ids"].device
+    tokens = torch.cat([torch.arange(a, b, device=device) for a, b in spans])
+    lengths = torch.tensor([b - a for a, b in spans], device=device)
+    out = {}
+    for key, value in batch.items():
+        if key.startswith("cu_seq_lens") and isinstance(value, torch.Tensor):
+            out[key] = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)]).to(value.dtype)
+        elif key.startswith("max_length_"):
+            out[key] = int(lengths.max())
+        elif key == "seq_idx" and isinstance(value, torch.Tensor):
+            index = torch.arange(len(spans), device=device).repeat_interleave(lengths)
+            out[key] = index.to(value.dtype).unsqueeze(0)
+        elif (
+            isinstance(value, torch.Tensor) and value.dim() >= 2 and value.shape[:2] == (1, length)
+        ):
+            out[key] = value.index_select(1, tokens)
+        else:
+            out[key] = value
+    return out
+
+
 def split_batch(
     batch: Mapping[str, Any], overlap: float, generator: torch.Generator | None = None
 ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -83,10 +127,23 @@ def split_batch(
     examples: overlap 0.5 gives thirds (S = parts 1+2, S~ = parts 2+3), as the reference.
     The shuffle keeps S from being biased to long sentences in a length-sorted batch.
 
+    A packed (padding-free) batch of one row is split the same way over its sequences.
+
     Raises:
-        UnsplittableBatch: a batch of one example with ``overlap < 1``.
+        UnsplittableBatch: a batch of one example (or one packed sequence) with
+            ``overlap < 1``.
     """
     b = batch_size(batch)
+    spans = packed_spans(batch) if b == 1 else None
+    if spans is not None:
+        m = len(spans)
+        n = min(m, max(1, round(m / (2 - overlap))))
+        perm = torch.randperm(m, generator=generator).tolist()
+        first, second = sorted(perm[:n]), sorted(perm[m - n :])
+        return (
+            _select_packed(batch, [spans[i] for i in first]),
+            _select_packed(batch, [spans[i] for i in second]),
+        )
     if b < 2 and overlap < 1:
         raise UnsplittableBatch(
             f"A batch of {b} example(s) cannot be split into two sub-batches S and S~."
