@@ -69,6 +69,9 @@ WORKLOADS: dict[str, dict] = {
     "fsmt-reverse": dict(split="test", model="fsmt", layers=6, task="reverse", lr=1e-3),
     "cnn-digits-adam": dict(split="test", model="cnn", task="digits", lr=2e-3, optim="adam"),
     "t5-copy": dict(split="test", model="t5", layers=6, task="copy", lr=1e-3),
+    # ---- unseen: added after release 0.2's defaults were fixed, run once --------------
+    "llama-sort": dict(split="unseen", model="llama", layers=6, task="lm-sort", lr=2e-3),
+    "cnn-bn-digits-sgd": dict(split="unseen", model="cnn-bn", task="digits", lr=0.1, optim="sgd"),
 }
 DEFAULT_STEPS, CNN_EPOCHS = 300, 30
 
@@ -179,9 +182,10 @@ def digits_split(seed: int = 0):
 # --------------------------------------------------------------------------------------
 
 
-def make_cnn():
+def make_cnn(batch_norm: bool = False):
     """8 conv3x3 + ReLU layers in 2 stages (32 and 64 channels, the second at half the
-    resolution) and a linear head; no normalization, PyTorch's default init."""
+    resolution) and a linear head; PyTorch's default init; no normalization, or
+    ``batch_norm``: BatchNorm after every convolution."""
     from torch import nn
 
     class DigitsCNN(nn.Module):
@@ -191,7 +195,8 @@ def make_cnn():
             for stage, width in enumerate((32, 64)):
                 for i in range(4):
                     stride = 2 if stage == 1 and i == 0 else 1
-                    layers += [nn.Conv2d(channels, width, 3, stride=stride, padding=1), nn.ReLU()]
+                    layers.append(nn.Conv2d(channels, width, 3, stride=stride, padding=1))
+                    layers += [nn.BatchNorm2d(width), nn.ReLU()] if batch_norm else [nn.ReLU()]
                     channels = width
             self.features = nn.Sequential(*layers)
             self.head = nn.Linear(channels, 10)
@@ -217,6 +222,8 @@ def make_model(spec: dict, d_model: int = 64):
         FSMTForConditionalGeneration,
         GPT2Config,
         GPT2LMHeadModel,
+        LlamaConfig,
+        LlamaForCausalLM,
         OpenAIGPTConfig,
         OpenAIGPTLMHeadModel,
         T5Config,
@@ -225,8 +232,15 @@ def make_model(spec: dict, d_model: int = 64):
 
     name, layers = spec["model"], spec.get("layers", 6)
     d, heads, ffn, positions = d_model, 4, 4 * d_model, 64
-    if name == "cnn":
-        return make_cnn()
+    if name in ("cnn", "cnn-bn"):
+        return make_cnn(batch_norm=name == "cnn-bn")
+    if name == "llama":
+        config = LlamaConfig(
+            vocab_size=VOCAB, hidden_size=d, intermediate_size=ffn, num_hidden_layers=layers,
+            num_attention_heads=heads, max_position_embeddings=positions, pad_token_id=PAD,
+            bos_token_id=BOS, eos_token_id=EOS,
+        )  # fmt: skip
+        return LlamaForCausalLM(config)
     if name == "openai-gpt":
         config = OpenAIGPTConfig(
             vocab_size=VOCAB, n_positions=positions, n_embd=d, n_layer=layers, n_head=heads
@@ -526,6 +540,8 @@ FAMILIES = {
     "fsmt": "Post-LN enc-dec (FSMT)",
     "t5": "Pre-LN enc-dec (T5)",
     "cnn": "CNN, no normalization",
+    "llama": "Pre-RMSNorm decoder (Llama)",
+    "cnn-bn": "CNN with BatchNorm",
 }
 
 
@@ -578,13 +594,15 @@ def write_report(cache: dict, path: Path) -> None:
         + table(cache, "dev")
         + "\n## Test set\n\n"
         + table(cache, "test")
+        + "\n## Unseen set (added after release 0.2's defaults were fixed)\n\n"
+        + table(cache, "unseen")
     )
     path.write_text(text)
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--split", choices=["dev", "test"], default="dev")
+    p.add_argument("--split", choices=["dev", "test", "unseen"], default="dev")
     p.add_argument("--workloads", nargs="+", choices=list(WORKLOADS))
     p.add_argument("--methods", nargs="+", default=["none"], choices=list(METHODS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
