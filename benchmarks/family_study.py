@@ -72,6 +72,11 @@ WORKLOADS: dict[str, dict] = {
     # ---- unseen: added after release 0.2's defaults were fixed, run once --------------
     "llama-sort": dict(split="unseen", model="llama", layers=6, task="lm-sort", lr=2e-3),
     "cnn-bn-digits-sgd": dict(split="unseen", model="cnn-bn", task="digits", lr=0.1, optim="sgd"),
+    "opt-postln-sort": dict(split="unseen", model="opt-postln", layers=6, task="lm-sort", lr=1e-3),
+    "roberta-majority": dict(
+        split="unseen", model="roberta-cls", layers=6, task="majority", lr=2e-3
+    ),
+    "vit-digits": dict(split="unseen", model="vit", layers=6, task="digits", lr=1e-3),
 }
 DEFAULT_STEPS, CNN_EPOCHS = 300, 30
 
@@ -226,14 +231,40 @@ def make_model(spec: dict, d_model: int = 64):
         LlamaForCausalLM,
         OpenAIGPTConfig,
         OpenAIGPTLMHeadModel,
+        OPTConfig,
+        OPTForCausalLM,
+        RobertaConfig,
+        RobertaForSequenceClassification,
         T5Config,
         T5ForConditionalGeneration,
+        ViTConfig,
+        ViTForImageClassification,
     )
 
     name, layers = spec["model"], spec.get("layers", 6)
     d, heads, ffn, positions = d_model, 4, 4 * d_model, 64
     if name in ("cnn", "cnn-bn"):
         return make_cnn(batch_norm=name == "cnn-bn")
+    if name == "opt-postln":  # OPT-350m's layout: LayerNorm after each block
+        config = OPTConfig(
+            vocab_size=VOCAB, hidden_size=d, ffn_dim=ffn, num_hidden_layers=layers,
+            num_attention_heads=heads, max_position_embeddings=positions, word_embed_proj_dim=d,
+            do_layer_norm_before=False, pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS,
+        )  # fmt: skip
+        return OPTForCausalLM(config)
+    if name == "roberta-cls":
+        config = RobertaConfig(
+            vocab_size=VOCAB, hidden_size=d, num_hidden_layers=layers, num_attention_heads=heads,
+            intermediate_size=ffn, max_position_embeddings=positions + 2, pad_token_id=PAD,
+            num_labels=2,
+        )  # fmt: skip
+        return RobertaForSequenceClassification(config)
+    if name == "vit":  # the 8x8 digits in 2x2 patches
+        config = ViTConfig(
+            image_size=8, patch_size=2, num_channels=1, hidden_size=d, num_hidden_layers=layers,
+            num_attention_heads=heads, intermediate_size=ffn, num_labels=10,
+        )  # fmt: skip
+        return ViTForImageClassification(config)
     if name == "llama":
         config = LlamaConfig(
             vocab_size=VOCAB, hidden_size=d, intermediate_size=ffn, num_hidden_layers=layers,
@@ -542,6 +573,9 @@ FAMILIES = {
     "cnn": "CNN, no normalization",
     "llama": "Pre-RMSNorm decoder (Llama)",
     "cnn-bn": "CNN with BatchNorm",
+    "opt-postln": "Post-LN decoder (OPT-350m layout)",
+    "roberta-cls": "Post-LN encoder (RoBERTa)",
+    "vit": "Pre-LN encoder (ViT)",
 }
 
 
