@@ -135,22 +135,18 @@ def split_batch(
     """
     b = batch_size(batch)
     spans = packed_spans(batch) if b == 1 else None
-    if spans is not None:
-        m = len(spans)
-        n = min(m, max(1, round(m / (2 - overlap))))
-        perm = torch.randperm(m, generator=generator).tolist()
-        first, second = sorted(perm[:n]), sorted(perm[m - n :])
-        return (
-            _select_packed(batch, [spans[i] for i in first]),
-            _select_packed(batch, [spans[i] for i in second]),
-        )
-    if b < 2 and overlap < 1:
+    count = b if spans is None else len(spans)  # examples, or packed sequences
+    if count < 2 and overlap < 1:
         raise UnsplittableBatch(
             f"A batch of {b} example(s) cannot be split into two sub-batches S and S~."
         )
-    n = min(b, max(1, round(b / (2 - overlap))))
-    perm = torch.randperm(b, generator=generator)
-    return select(batch, perm[:n], b), select(batch, perm[b - n :], b)
+    n = min(count, max(1, round(count / (2 - overlap))))
+    perm = torch.randperm(count, generator=generator)
+    halves = perm[:n], perm[count - n :]
+    if spans is None:
+        return select(batch, halves[0], b), select(batch, halves[1], b)
+    s, t = ([spans[i] for i in sorted(half.tolist())] for half in halves)
+    return _select_packed(batch, s), _select_packed(batch, t)
 
 
 def to_device(batch: Any, device: torch.device, dtype: torch.dtype | None = None) -> Any:
