@@ -172,16 +172,13 @@ class ScaledModel:
                 "it first (`model.to(accelerator.device)`); apply_gradinit does this for you."
             )
 
-        def view(t: torch.Tensor) -> torch.Tensor:
-            return t.detach().to(dtype=compute_dtype(t.dtype))
+        def view(t: torch.Tensor, copy: bool = False) -> torch.Tensor:
+            return t.detach().to(dtype=compute_dtype(t.dtype), copy=copy)
 
         self.w0 = {n: view(p) for n, p in named.items()}
         # Copies, integer ones too: a forward pass may update a buffer in place (BatchNorm's
         # statistics and step count in training mode), and the model must not keep the marks.
-        self.buffers = {
-            n: (view(b) if b.is_floating_point() else b.detach()).clone()
-            for n, b in model.named_buffers()
-        }
+        self.buffers = {n: view(b, copy=True) for n, b in model.named_buffers()}
         self.dtype = self.w0[self.names[0]].dtype if self.names else torch.float32
         self.device = device
 
