@@ -184,17 +184,20 @@ def gradinit_dataloader(trainer: Trainer, batch_size: int | None = None) -> Any:
         args.train_sampling_strategy, trainer._train_batch_size, args.dataloader_drop_last = saved
 
 
-def training_steps(trainer: Trainer, loader: Any) -> int | None:
-    """The optimizer steps this run will take: ``max_steps``, else epochs x batches per
-    epoch / accumulation (None: unknown, an iterable dataset without ``max_steps``)."""
+def training_steps(trainer: Trainer) -> int | None:
+    """The optimizer steps this run will take, counted as the Trainer counts them:
+    ``max_steps``, else epochs x the training loader's batches / accumulation, a partial
+    accumulation ending an epoch counting as a step (None: unknown, an iterable dataset
+    without ``max_steps``)."""
     args = trainer.args
     if args.max_steps > 0:
         return args.max_steps
     try:
-        per_epoch = len(loader) // max(1, args.gradient_accumulation_steps)
+        batches = len(trainer.get_train_dataloader())
     except TypeError:
         return None
-    return max(1, math.ceil(args.num_train_epochs * per_epoch))
+    per_epoch = max(1, math.ceil(batches / max(1, args.gradient_accumulation_steps)))
+    return math.ceil(args.num_train_epochs * per_epoch)
 
 
 def find_trainer(callback: TrainerCallback) -> Trainer:
@@ -288,7 +291,7 @@ class GradInitCallback(TrainerCallback):
         config = self.config_for(trainer)
         batch_size = getattr(trainer.args, "gradinit_batch_size", None) or self.batch_size
         loader = gradinit_dataloader(trainer, batch_size)
-        horizon = training_steps(trainer, loader)
+        horizon = training_steps(trainer)
         if horizon is not None and 0 < horizon < config.probe_steps:
             # the probe compares the inits where this training run will end, not beyond
             config = dataclasses.replace(config, probe_steps=horizon)

@@ -155,6 +155,25 @@ def test_sft_trainer_with_packing_splits_the_packed_row_over_its_sequences(tmp_p
     assert callback.result is not None and callback.result.unsplittable_batches == 0
 
 
+@pytest.mark.parametrize(
+    "schedule, steps",
+    [(dict(max_steps=4), 4), (dict(max_steps=-1, num_train_epochs=1), 6)],
+    ids=["max_steps", "one_epoch"],
+)
+def test_the_probe_is_no_longer_than_the_training_run(tmp_path, schedule, steps):
+    """Counted in the trainer's optimizer steps (48 examples, batches of 8), not in GradInit's
+    batches (16 here)."""
+    callback = GradInitCallback(GradInitConfig(iterations=2, probe_steps=50), batch_size=16)
+    trainer = Trainer(
+        model=tiny_bert_classifier(), train_dataset=classification_examples(48),
+        args=_training_args(tmp_path, per_device_train_batch_size=8, **schedule),
+        callbacks=[callback],
+    )  # fmt: skip
+    trainer.train()
+    assert trainer.state.global_step == steps
+    assert len(callback.result.probe["learned_losses"]) == steps
+
+
 def test_eta_and_inner_optimizer_follow_the_trainer_not_the_given_config(tmp_path):
     callback = GradInitCallback(GradInitConfig(eta=0.5, iterations=2, probe_steps=0))
     trainer = Trainer(
