@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 from testing_utils import (
-    float64_marian,
+    float64_model,
     model_at,
     perturbed_alpha,
     seq2seq_batch,
@@ -130,7 +130,7 @@ def test_lookahead_follows_the_real_optimizer_and_its_gradient_matches_finite_di
     """k=3: the simulated points are where torch.optim.Adam takes a copy of the model (an
     independent path), and d(loss/eta)/d alpha with the detached directions matches central
     finite differences."""
-    model = float64_marian()
+    model = float64_model()
     eta, betas = 1e-2, (0.9, 0.98)
     # eps tiny on both sides, so Adam's real first step eta * g / (|g| + eps) is the
     # paper's eta * sign(g) to rounding.
@@ -229,7 +229,7 @@ def test_decide_keeps_the_learned_init_unless_it_is_behind_by_the_margin():
 def test_probe_trains_the_real_optimizer_from_each_init_without_touching_the_model():
     """Each run is torch.optim.Adam at eta on a copy of the model (an independent path),
     from w0 * scales and from w0, on the same batches."""
-    model = float64_marian()
+    model = float64_model()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     config = GradInitConfig(eta=1e-2, inner_betas=(0.9, 0.98), probe_steps=4)
     problem = ScaledModel(model, torch.device("cpu"))

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 from testing_utils import (
-    float64_marian,
+    float64_model,
     model_at,
     perturbed_alpha,
     seq2seq_batch,
@@ -178,7 +178,7 @@ def test_only_per_example_entries_are_split_and_a_batch_of_one_is_unsplittable()
     "inner,normalize", [("adam", False), ("sgd", False), ("sgd", True)], ids=str
 )
 def test_objective_gradient_matches_finite_differences(inner, normalize):
-    model = float64_marian()
+    model = float64_model()
     config = GradInitConfig(inner_optimizer=inner, normalize_sgd_grad=normalize, eta=0.05)
     problem = ScaledModel(model, torch.device("cpu"))
     assert {s.kind for s in problem.scaled} == {"weight", "gain", "bias"}
@@ -208,7 +208,7 @@ def test_objective_gradient_matches_finite_differences(inner, normalize):
 
 @pytest.mark.parametrize("norm_type", ["l1", "l2"])
 def test_gradient_norm_gradient_matches_finite_differences(norm_type):
-    model = float64_marian()
+    model = float64_model()
     problem = ScaledModel(model, torch.device("cpu"))
     alpha = perturbed_alpha(problem).requires_grad_(True)
     batch = seq2seq_batch()
@@ -250,11 +250,7 @@ def test_hessian_vector_products_from_gradients_match_double_backward(factory, n
     that the exact second derivative ignores: that is the larger error there.
     """
     torch.manual_seed(0)
-    model = factory(attn_implementation="eager").double().eval()
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if n.endswith("bias"):
-                p.normal_(0, 0.05)
+    model = float64_model(factory)
     problem = ScaledModel(model, torch.device("cpu"))
     alpha = perturbed_alpha(problem).requires_grad_(True)
     batch = seq2seq_batch()
@@ -267,7 +263,7 @@ def test_hessian_vector_products_from_gradients_match_double_backward(factory, n
 
 
 def test_a_custom_compute_loss_sees_the_swapped_tensors_and_the_model_is_only_read():
-    model = float64_marian()
+    model = float64_model()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
 
     def halved(m, batch):  # the hook gets the model itself, with theta swapped in

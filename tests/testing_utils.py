@@ -26,19 +26,25 @@ VOCAB = 64
 PAD, EOS, BOS = 0, 1, 2
 
 
+# What the tiny encoder-decoders share: 2 + 2 layers, d_model 16, 2 heads, FFN 32.
+_ENCODER_DECODER = dict(
+    d_model=16,
+    encoder_layers=2,
+    decoder_layers=2,
+    encoder_attention_heads=2,
+    decoder_attention_heads=2,
+    encoder_ffn_dim=32,
+    decoder_ffn_dim=32,
+    max_position_embeddings=64,
+    pad_token_id=PAD,
+    eos_token_id=EOS,
+)
+
+
 def tiny_marian(**overrides) -> MarianMTModel:
     kwargs = dict(
+        _ENCODER_DECODER,
         vocab_size=VOCAB,
-        d_model=16,
-        encoder_layers=2,
-        decoder_layers=2,
-        encoder_attention_heads=2,
-        decoder_attention_heads=2,
-        encoder_ffn_dim=32,
-        decoder_ffn_dim=32,
-        max_position_embeddings=64,
-        pad_token_id=PAD,
-        eos_token_id=EOS,
         decoder_start_token_id=PAD,
         activation_function="relu",
         scale_embedding=True,
@@ -49,17 +55,8 @@ def tiny_marian(**overrides) -> MarianMTModel:
 
 def tiny_bart(**overrides) -> BartForConditionalGeneration:
     kwargs = dict(
+        _ENCODER_DECODER,
         vocab_size=VOCAB,
-        d_model=16,
-        encoder_layers=2,
-        decoder_layers=2,
-        encoder_attention_heads=2,
-        decoder_attention_heads=2,
-        encoder_ffn_dim=32,
-        decoder_ffn_dim=32,
-        max_position_embeddings=64,
-        pad_token_id=PAD,
-        eos_token_id=EOS,
         bos_token_id=BOS,
         decoder_start_token_id=EOS,
         forced_eos_token_id=None,
@@ -70,19 +67,10 @@ def tiny_bart(**overrides) -> BartForConditionalGeneration:
 
 def tiny_fsmt(**overrides) -> FSMTForConditionalGeneration:
     kwargs = dict(
+        _ENCODER_DECODER,
         langs=["de", "en"],
         src_vocab_size=VOCAB,
         tgt_vocab_size=VOCAB,
-        d_model=16,
-        encoder_layers=2,
-        decoder_layers=2,
-        encoder_attention_heads=2,
-        decoder_attention_heads=2,
-        encoder_ffn_dim=32,
-        decoder_ffn_dim=32,
-        max_position_embeddings=64,
-        pad_token_id=PAD,
-        eos_token_id=EOS,
         bos_token_id=BOS,
         decoder_start_token_id=EOS,
         tie_word_embeddings=True,
@@ -343,10 +331,10 @@ def cli_init_args(folder, data, out, *extra, iterations: int = 2, probe_steps: i
 # --------------------------------------------------------------------------------------
 
 
-def float64_marian(**overrides) -> MarianMTModel:
-    """A tiny Marian in float64, eval mode, eager attention, biases made non-zero (so they
-    get scales too): for comparisons with finite differences."""
-    model = tiny_marian(attn_implementation="eager", **overrides).double().eval()
+def float64_model(factory=tiny_marian, **overrides) -> torch.nn.Module:
+    """A tiny model (``factory``: Marian) in float64, eval mode, eager attention, biases made
+    non-zero (so they get scales too): for comparisons with finite differences."""
+    model = factory(attn_implementation="eager", **overrides).double().eval()
     with torch.no_grad():
         for n, p in model.named_parameters():
             if n.endswith("bias"):
