@@ -8,7 +8,7 @@ import warnings
 
 import pytest
 import torch
-from testing_utils import seq2seq_examples, tiny_marian
+from testing_utils import seq2seq_examples, tiny_marian, training_args
 from transformers import HfArgumentParser, Seq2SeqTrainingArguments
 
 from hf_gradinit import GradInitConfig, GradInitTrainer, GradInitTrainingArguments
@@ -20,23 +20,10 @@ from hf_gradinit.arguments import (
 )
 from hf_gradinit.callbacks import default_logging_steps
 
-COMMON = dict(
-    use_cpu=True,
-    report_to="none",
-    disable_tqdm=True,
-    per_device_train_batch_size=6,
-    logging_steps=1,
-    learning_rate=1e-3,
-    seed=0,
-    save_strategy="no",
-)
-
 
 def _args(tmp_path, **overrides) -> GradInitTrainingArguments:
-    kwargs = {**COMMON, "output_dir": str(tmp_path / "out"), "max_steps": 2}
-    kwargs.setdefault("gradinit_iterations", 3)
-    kwargs.update(overrides)
-    return GradInitTrainingArguments(**kwargs)
+    fast = dict(max_steps=2, learning_rate=1e-3, gradinit_iterations=3)
+    return training_args(tmp_path, **{**fast, **overrides})
 
 
 def test_arguments_follow_optim_and_learning_rate(tmp_path):

@@ -11,6 +11,7 @@ from testing_utils import (
     tiny_bert_classifier,
     tiny_marian,
     tiny_tokenizer,
+    training_args,
 )
 from transformers import (
     GPT2Config,
@@ -37,13 +38,7 @@ FAST = dict(iterations=3, probe_steps=0)
 
 
 def _training_args(tmp_path, cls=TrainingArguments, **kw):
-    base = dict(
-        output_dir=str(tmp_path / "out"), use_cpu=True, report_to="none", disable_tqdm=True,
-        save_strategy="no", per_device_train_batch_size=6, max_steps=2, learning_rate=5e-3,
-        logging_steps=1, seed=0,
-    )  # fmt: skip
-    base.update(kw)
-    return cls(**base)
+    return training_args(tmp_path, cls, **{"max_steps": 2, "learning_rate": 5e-3, **kw})
 
 
 def _gradinit_args(tmp_path, **kw):

@@ -14,6 +14,7 @@ import pytest
 import torch
 from huggingface_hub import ModelCard
 from testing_utils import (
+    TRAINING_DEFAULTS,
     assert_label_padding_masked,
     fresh_from_config,
     gradinit_args,
@@ -27,6 +28,7 @@ from testing_utils import (
     tiny_fsmt,
     tiny_marian,
     tiny_tokenizer,
+    training_args,
     translation_features,
 )
 from transformers import (
@@ -53,42 +55,19 @@ from hf_gradinit.record import is_initialized
 
 FAMILIES = {"marian": tiny_marian, "bart": tiny_bart, "fsmt": tiny_fsmt}
 
-COMMON = dict(
-    use_cpu=True,
-    report_to="none",
-    disable_tqdm=True,
-    per_device_train_batch_size=6,
-    logging_steps=1,
-    learning_rate=1e-3,
-    seed=0,
-    save_strategy="no",
-)
+COMMON = {**TRAINING_DEFAULTS, "learning_rate": 1e-3}
 
-# No probe unless a test asks for one: by default it trains 2 x 200 steps.
-TRAIN = dict(
-    use_cpu=True,
-    report_to="none",
-    disable_tqdm=True,
-    per_device_train_batch_size=6,
-    learning_rate=1e-3,
-    seed=0,
-    save_strategy="no",
-    max_steps=1,
-    gradinit_iterations=3,
-    gradinit_probe_steps=0,
-)
+# No probe unless a test asks for one: by default it trains 2 x 300 steps.
+FAST = dict(learning_rate=1e-3, gradinit_iterations=3, gradinit_probe_steps=0)
 
 
 def _args(tmp_path, **overrides) -> GradInitTrainingArguments:
-    kwargs = {**COMMON, "output_dir": str(tmp_path / "out"), "max_steps": 2}
-    kwargs.setdefault("gradinit_iterations", 3)
-    kwargs.setdefault("gradinit_probe_steps", 0)  # no probe unless a test asks for one
-    kwargs.update(overrides)
-    return GradInitTrainingArguments(**kwargs)
+    return training_args(tmp_path, **{**FAST, "max_steps": 2, **overrides})
 
 
 def _train_args(tmp_path, name="run", **overrides) -> GradInitTrainingArguments:
-    return GradInitTrainingArguments(output_dir=str(tmp_path / name), **{**TRAIN, **overrides})
+    kwargs = {**FAST, "max_steps": 1, "output_dir": str(tmp_path / name), **overrides}
+    return training_args(tmp_path, **kwargs)
 
 
 class StartWeights(TrainerCallback):

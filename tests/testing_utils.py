@@ -360,14 +360,22 @@ def model_at(model: torch.nn.Module, theta: dict[str, torch.Tensor]) -> torch.nn
     return clone
 
 
+# Training arguments for tests: CPU, quiet, nothing saved, batches of 6, a log every step.
+TRAINING_DEFAULTS = dict(
+    use_cpu=True, report_to="none", disable_tqdm=True, save_strategy="no",
+    per_device_train_batch_size=6, logging_steps=1, seed=0,
+)  # fmt: skip
+
+
+def training_args(tmp_path, cls=None, **overrides):
+    """``cls`` (GradInitTrainingArguments by default) with ``TRAINING_DEFAULTS``, writing
+    under ``tmp_path / "out"``."""
+    if cls is None:
+        from hf_gradinit import GradInitTrainingArguments as cls
+    return cls(**{**TRAINING_DEFAULTS, "output_dir": str(tmp_path / "out"), **overrides})
+
+
 def gradinit_args(tmp_path, **overrides):
     """Fast GradInitTrainingArguments on CPU: 3 steps, 3 GradInit iterations, no probe."""
-    from hf_gradinit import GradInitTrainingArguments
-
-    kwargs = dict(
-        output_dir=str(tmp_path / "out"), use_cpu=True, report_to="none", disable_tqdm=True,
-        save_strategy="no", per_device_train_batch_size=6, max_steps=3, learning_rate=5e-3,
-        gradinit_iterations=3, gradinit_probe_steps=0, logging_steps=1, seed=0,
-    )  # fmt: skip
-    kwargs.update(overrides)
-    return GradInitTrainingArguments(**kwargs)
+    fast = dict(max_steps=3, learning_rate=5e-3, gradinit_iterations=3, gradinit_probe_steps=0)
+    return training_args(tmp_path, **{**fast, **overrides})
