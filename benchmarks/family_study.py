@@ -439,9 +439,9 @@ def run_one(
         "run_s": round(time.perf_counter() - start, 1),
         "gradinit_s": round(result.runtime_s, 1) if result is not None else 0.0,
     }
-    if result is not None and getattr(result, "probe", None) is not None:
-        record["probe"] = {k: v for k, v in result.probe.items() if not k.endswith("_losses")}
     if result is not None:
+        if result.probe is not None:
+            record["probe"] = {k: v for k, v in result.probe.items() if not k.endswith("_losses")}
         record["scales"] = {k: round(v, 4) for k, v in result.scales.items()}
     return record
 
@@ -588,7 +588,7 @@ def _cell(cache: dict, name: str, method: str) -> str:
 
 
 def summary_table(cache: dict, methods: tuple[str, ...] = ("gradinit_v01", "v02")) -> str:
-    """One row per workload: its family and split, the mean score (3 seeds) of no GradInit
+    """One row per workload: its family and split, the mean score (over its seeds) of no GradInit
     and of each method (**worse**: beyond seed noise), and how often the probe kept the
     learned init."""
     head = ["split", "workload", "family", "lr", "no GradInit", *methods, "learned init kept"]
