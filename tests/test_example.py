@@ -136,6 +136,7 @@ def test_end_to_end_on_the_shipped_corpus(run, tmp_path):
     # The model card is written locally too, without --push_to_hub: scores and GradInit.
     card = ModelCard.load(out / "README.md")
     assert card.data.language == ["de", "en"] and "gradinit" in card.data.tags
+    assert "LibreOffice help German-English" in card.text  # the shipped corpus, by name
     assert f"- validation BLEU: {results['eval_bleu']:.4g}" in card.text
     assert f"- test BLEU: {results['test_bleu']:.4g}" in card.text
     assert results["test_bleu_signature"] in card.text

@@ -462,11 +462,13 @@ def main(
         trainer.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
         results.update(metrics)
 
+    shipped = data_args.train_file and Path(data_args.train_file) == DATA / "train.jsonl.gz"
     card = dict(
         language=[src, tgt],
         tags=["translation", "post-ln", *(["gradinit"] if training_args.gradinit else [])],
         tasks="translation",
-        dataset=data_args.dataset_name or Path(data_args.train_file).parent.name + " corpus",
+        dataset=data_args.dataset_name
+        or ("LibreOffice help German-English" if shipped else Path(data_args.train_file).name),
         dataset_tags=data_args.dataset_name,
         results={label: results[k] for k, label in CARD_RESULTS.items() if k in results} or None,
     )
