@@ -122,8 +122,9 @@ METHODS: dict[str, dict] = {
 }
 # Methods whose settings the package no longer has (records kept; not runnable).
 REMOVED = {"fixed": "gradinit_tied_embeddings", "guard50": "gradinit_trial_steps"}
-# Records made before the probe: a GradInit method run now gets the probe (the trainer's
-# default) unless it names gradinit_probe_steps.
+# The GradInit methods' records were made before the probe; run afresh, a method gets the
+# probe (the trainer's default) unless it names gradinit_probe_steps.
+
 SIZE = dict(d_model=64, layers=6, ffn_dim=256, heads=4, steps=300, examples=2000, length=10)
 BATCH = 32
 FINAL_WINDOW = 25
