@@ -3,15 +3,16 @@
     hf-gradinit init --model_path ./tiny-marian --train_file train.jsonl \\
         --source_lang de --target_lang en --learning_rate 5e-4 --output_dir ./tiny-marian-gradinit
 
-The model folder holds a ``config.json`` and, optionally, weights (without weights the model
-is built from the config with random weights: the usual case) and a tokenizer. The data is
-JSON lines, either ``{"translation": {"de": ..., "en": ...}}`` (seq2seq, with
-``--source_lang/--target_lang``) or ``{"text": ..., "label": ...}`` (sequence
-classification). GradInit's settings are the ``--gradinit_*`` options, shared with
-``GradInitTrainingArguments``; ``--learning_rate`` and ``--optim`` are the ones you will train
-with, since GradInit tunes the init for that optimizer's first step. The result is saved with
-``save_initialized_checkpoint`` (model, tokenizer, scales file, plot, model card) and, with
-``--push_to_hub``, uploaded.
+The model folder holds a ``config.json``, a tokenizer (``tokenizer.save_pretrained(folder)``)
+and, optionally, weights (without them the model is built from the config with random
+weights: the usual case). The data is JSON lines, either ``{"translation": {"de": ...,
+"en": ...}}`` (seq2seq, with ``--source_lang/--target_lang``) or ``{"text": ..., "label":
+...}`` (sequence classification). GradInit's settings are the ``--gradinit_*`` options,
+shared with ``GradInitTrainingArguments``; ``--learning_rate`` and ``--optim`` are the ones
+you will train with, since GradInit tunes the init for that optimizer's first step. The
+result is saved with ``save_initialized_checkpoint`` (model, tokenizer, scales file, plot,
+model card) and, with ``--push_to_hub``, uploaded (without ``--hub_model_id``, to a repo
+named after the output folder).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from .cli_inputs import (
 )
 from .config import GradInitError
 from .hub import PushError
+from .version import __version__
 
 DEFAULT_BATCH_SIZE = 24
 
@@ -45,8 +47,9 @@ class InitArguments:
 
     model_path: str = field(
         metadata={
-            "help": "Local folder with config.json (+ optional weights and tokenizer). Without "
-            "weights the model is built from the config."
+            "help": "Local folder with config.json and a tokenizer (saved there with "
+            "tokenizer.save_pretrained(folder): the translation or text data is tokenized with "
+            "it), and optionally weights: without them the model is built from the config."
         }
     )
     train_file: str = field(
@@ -91,9 +94,16 @@ class InitArguments:
         default=None, metadata={"help": "Read at most this many examples from the file."}
     )
     use_cpu: bool = field(default=False, metadata={"help": "Run on CPU even if a GPU is present."})
-    push_to_hub: bool = field(default=False, metadata={"help": "Upload the checkpoint."})
+    push_to_hub: bool = field(
+        default=False,
+        metadata={
+            "help": "Upload the checkpoint once it is saved in --output_dir (kept there if the "
+            "push fails). Without --hub_model_id it goes to a repo named after --output_dir's "
+            "last folder (./runs/marian-init -> marian-init) in the token's account."
+        },
+    )
     hub_model_id: str | None = field(
-        default=None, metadata={"help": "Repository to push to (default: output_dir's name)."}
+        default=None, metadata={"help": "Repository to push to, e.g. you/marian-gradinit-init."}
     )
     hub_token: str | None = field(default=None, metadata={"help": "Token with write access."})
     hub_private_repo: bool | None = field(
@@ -110,27 +120,66 @@ class InitArguments:
 # --------------------------------------------------------------------------------------
 
 
-def _parsers() -> argparse.ArgumentParser:
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Each option's default after its help, as HfArgumentParser shows it, but none for
+    required options or ``--no_X`` flags; the description as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.required or _negates(action):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+def _negates(action: argparse.Action) -> bool:
+    return isinstance(action, argparse._StoreFalseAction) and (
+        f"--no_{action.dest}" in action.option_strings
+    )
+
+
+# What --no_X does, for this package's flags; others get "Set X to False".
+_NEGATED_HELP = {
+    "gradinit": "Train without GradInit, exactly like the trainer without it.",
+    "gradinit_fixed_embeddings": "Learn a scale for nn.Embedding weights too.",
+}
+
+
+def argument_parser(dataclass_types: Any, **kwargs: Any) -> Any:
+    """An ``HfArgumentParser`` whose help shows every default and says what each ``--no_X``
+    flag does: HfArgumentParser gives it ``--X``'s help, which says the opposite."""
     from transformers import HfArgumentParser
 
+    parser = HfArgumentParser(dataclass_types, formatter_class=HelpFormatter, **kwargs)
+    for action in parser._actions:
+        if _negates(action):
+            plain = f"Set {action.dest} to False"
+            what = _NEGATED_HELP.get(action.dest)
+            action.help = (
+                f"{what} ({plain}.)" if what else f"{plain}: the opposite of --{action.dest}."
+            )
+    return parser
+
+
+def _parsers() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hf-gradinit",
         description="GradInit (learned initialization) for Hugging Face Transformers models.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    options = HfArgumentParser((InitArguments, GradInitArguments), add_help=False)
+    options = argument_parser((InitArguments, GradInitArguments), add_help=False)
     commands.add_parser(
         "init",
         parents=[options],
         help="run GradInit on a model folder and save (or push) the initialized checkpoint",
         description="Run GradInit on a model folder and save (or push) the initialized "
         "checkpoint, untrained." + _INIT_DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     return parser
 
 
 _INIT_DESCRIPTION = """
+Model: a folder with config.json and a saved tokenizer (weights optional).
 Data: JSON lines, {"translation": {SRC: ..., TGT: ...}} with --source_lang/--target_lang,
 or {"text": ..., "label": ...}. Set --learning_rate (and --optim) to the training run's.
 """

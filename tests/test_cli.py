@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import fnmatch
 import re
+import sys
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ from testing_utils import (
     assert_same_weights,
     cli_init_args,
     initialized_checkpoint,
+    load_script,
     model_folder,
     never_called,
     record_batches,
@@ -37,6 +40,7 @@ from hf_gradinit.cli import main
 from hf_gradinit.hub import PLOT_FILE, SCALES_FILE
 from hf_gradinit.record import is_initialized
 
+ROOT = Path(__file__).resolve().parents[1]
 FAMILIES = {"marian": tiny_marian, "bart": tiny_bart, "fsmt": tiny_fsmt}
 
 
@@ -188,6 +192,61 @@ def test_cli_help_lists_the_command_and_options(capsys):
     text = capsys.readouterr().out
     assert "--gradinit_iterations" in text and "--learning_rate" in text
     assert main([]) == 2
+
+
+def _help_by_option(text: str) -> dict[str, str]:
+    """argparse's help, {first option string: its help text, whitespace collapsed}."""
+    sections: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        match = re.match(r"^  (-\S.*?)(?:\s{2,}(\S.*))?$", line)
+        if match:
+            current = sections.setdefault(match.group(1).split()[0].rstrip(","), [])
+            current.append(match.group(2) or "")
+        elif line.startswith("    ") and sections:
+            current.append(line)
+    return {option: " ".join(" ".join(words).split()) for option, words in sections.items()}
+
+
+def _assert_negated_flags_explained(options: dict[str, str]) -> None:
+    negated = [o for o in options if o.startswith("--no_")]
+    assert negated
+    for option in negated:
+        positive = "--" + option.removeprefix("--no_")
+        assert options[option] != options[positive], option
+        assert f"Set {positive[2:]} to False" in options[option], options[option]
+
+
+def test_cli_help_shows_defaults_version_and_what_each_flag_does(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "100")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"hf-gradinit {version('hf-gradinit')}"
+    with pytest.raises(SystemExit):
+        main(["init", "--help"])
+    options = _help_by_option(capsys.readouterr().out)
+    assert options["--optim"].endswith("(default: adamw_torch)")
+    assert options["--seed"].endswith("(default: 42)")
+    assert "(default: " in options["--gradinit_iterations"]
+    assert "(default" not in options["--model_path"]  # required: no default to show
+    assert "tokenizer" in options["--model_path"] and "save_pretrained" in options["--model_path"]
+    assert "repo named after --output_dir's last folder" in options["--push_to_hub"]
+    assert "Learn a scale for nn.Embedding weights too" in options["--no_gradinit_fixed_embeddings"]
+    _assert_negated_flags_explained(options)
+
+
+def test_translation_example_help_says_what_each_flag_does(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "100")
+    run = load_script(ROOT / "examples" / "translation" / "run.py", "translation_run_help")
+    try:
+        with pytest.raises(SystemExit):
+            run.parse_args(["--help"])
+    finally:
+        sys.modules.pop("translation_run_help", None)
+    options = _help_by_option(capsys.readouterr().out)
+    assert "Train without GradInit" in options["--no_gradinit"]
+    assert options["--learning_rate"].endswith(")") and "(default:" in options["--learning_rate"]
+    _assert_negated_flags_explained(options)
 
 
 # --------------------------------------------------------------------------------------

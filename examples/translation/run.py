@@ -39,7 +39,6 @@ from transformers import (
     AutoModelForSeq2SeqLM,
     AutoTokenizer,
     DataCollatorForSeq2Seq,
-    HfArgumentParser,
     PretrainedConfig,
     PreTrainedTokenizerFast,
     SchedulerType,
@@ -47,6 +46,7 @@ from transformers import (
 )
 
 from hf_gradinit import GradInitTrainer, GradInitTrainingArguments
+from hf_gradinit.cli import argument_parser
 
 logger = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ class DataTrainingArguments:
 def parse_args(argv: list[str] | None = None) -> tuple[Any, ...]:
     """The command line, or a JSON/YAML file as the first argument (later flags override it)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = HfArgumentParser((ModelArguments, DataTrainingArguments, GradInitTrainingArguments))
+    parser = argument_parser((ModelArguments, DataTrainingArguments, GradInitTrainingArguments))
     defaults = dict(TRAINING_DEFAULTS)
     if argv and argv[0].lower().endswith((".json", ".yaml", ".yml")):
         path = Path(argv.pop(0))
