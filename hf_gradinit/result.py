@@ -97,6 +97,23 @@ class GradInitResult:
             out["decision_reason"] = self.probe.get("reason")
         return out
 
+    def __repr__(self) -> str:
+        """One line: how many scales and their range, iterations, runtime, and what was kept
+        and why (the history and the probe's curves stay in the fields and ``to_dict()``)."""
+        values = list(self.scales.values())
+        span = f" in [{min(values):.4g}, {max(values):.4g}]" if values else ""
+        its = len(self.history)
+        if self.probe is None:
+            kept = "kept the learned scales (no probe)"
+        else:
+            reason = self.probe.get("reason")
+            kept = "kept " + ("the learned scales" if self.kept else "the original init")
+            kept += f": {reason}" if reason else ""
+        return (
+            f"GradInitResult({len(values)} scales{span}, {its} iteration{'s' * (its != 1)}, "
+            f"{self.runtime_s:.1f} s; {kept})"
+        )
+
     def tied_notes(self) -> list[str]:
         """One sentence per tensor that is both an input embedding and the output
         projection, naming it and saying what GradInit did with it (for logs and cards)."""

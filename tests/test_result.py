@@ -154,3 +154,31 @@ def test_scales_of_a_compiled_model_are_named_after_the_model():
     assert set(result.scales) <= plain_names
     fresh = tiny_marian()
     apply_scales(fresh, result.scales)  # an uncompiled model takes them
+
+
+def test_repr_is_a_short_summary_not_the_history():
+    scales = {f"model.layers.{i}.weight": 1.0 + i / 100 for i in range(300)}
+    history = [
+        {"iteration": i, "branch": "objective", "loss": 5.0, "loss_after_step": 4.9, "grad_norm": 1}
+        for i in range(200)
+    ]
+    probe = {
+        "decision": "original",
+        "reason": "training from the learned init was behind",
+        "learned_losses": [5.0] * 300,
+        "original_losses": [4.0] * 300,
+    }
+    result = GradInitResult(scales, GradInitConfig(), history, runtime_s=12.345, probe=probe)
+    text = repr(result)
+    assert text == str(result) and len(text) < 300 and "\n" not in text
+    assert text.startswith("GradInitResult(") and "300 scales in [1, 3.99]" in text
+    assert "200 iterations" in text and "12.3 s" in text
+    assert "kept the original init: training from the learned init was behind" in text
+    learned = GradInitResult(
+        scales, GradInitConfig(), history, probe={**probe, "decision": "learned"}
+    )
+    assert "kept the learned scales: training from the learned init" in repr(learned)
+    assert "kept the learned scales (no probe)" in repr(GradInitResult({}, GradInitConfig()))
+    # still a dataclass: fields and equality as before
+    assert result == GradInitResult.from_dict(json.loads(json.dumps(result.to_dict())))
+    assert result != learned
