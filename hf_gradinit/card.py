@@ -157,6 +157,7 @@ def make_model_card(
     model_name: str,
     model_class: str | None = None,
     repo_id: str | None = None,
+    folder: str | os.PathLike | None = None,
     trained: bool = False,
     language: str | Sequence[str] | None = None,
     license: str | None = None,
@@ -177,7 +178,10 @@ def make_model_card(
     ``templates/model_card.md`` with ``huggingface_hub.ModelCard.from_template``.
 
     It says whether the learned scales were applied or the probe kept the original init,
-    and why. With ``plot_file`` None the card gives ``plot_note`` instead of an image.
+    and why. Its usage line loads ``repo_id`` (give it when the card is pushed), else
+    ``folder``, the folder the card and weights are written to, as given (``out/checkpoint-2``),
+    else ``model_name``. With ``plot_file`` None the card gives ``plot_note`` instead of an
+    image.
     """
     card_tags = [TAG] + [t for t in dict.fromkeys(_as_list(tags)) if t != TAG]
     data = ModelCardData(
@@ -214,7 +218,7 @@ def make_model_card(
         template_path=str(TEMPLATE),
         model_name=model_name,
         model_class=model_class or "AutoModel",
-        source=repo_id or model_name,
+        source=repo_id or (Path(folder).as_posix() if folder is not None else model_name),
         trained=trained,
         base_model=base_model,
         paper=PAPER,
@@ -243,12 +247,15 @@ def trainer_model_card(
     result: GradInitResult,
     *,
     has_plot: bool,
+    folder: str | os.PathLike | None = None,
     tags: str | list[str] | None = None,
     results: Mapping[str, Any] | None = None,
     **card_kwargs: Any,
 ) -> ModelCard:
     """The card of a trainer's model: ``Trainer.create_model_card``'s metadata (``tags``,
-    ``language``, ``dataset``...) and training table, ``results`` as the evaluation list."""
+    ``language``, ``dataset``...) and training table, ``results`` as the evaluation list.
+    ``folder``: where the card goes (a checkpoint's folder; default ``output_dir``), the
+    folder its usage line loads unless the trainer pushes to the Hub."""
     from transformers.modelcard import TrainingSummary
 
     summary = TrainingSummary.from_trainer(
@@ -260,12 +267,13 @@ def trainer_model_card(
     model = trainer.accelerator.unwrap_model(trainer.model)
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     names = _as_list(summary.dataset)
-    output_dir = trainer.args.output_dir
+    args = trainer.args
     return make_model_card(
         result,
-        model_name=summary.model_name or os.path.basename(os.path.abspath(output_dir)),
+        model_name=summary.model_name or os.path.basename(os.path.abspath(args.output_dir)),
         model_class=type(model).__name__,
-        repo_id=trainer.hub_model_id or trainer.args.hub_model_id,
+        repo_id=trainer.hub_model_id or (args.hub_model_id if args.push_to_hub else None),
+        folder=args.output_dir if folder is None else folder,
         trained=trainer.state.global_step > 0,
         language=summary.language,
         license=summary.license,
@@ -278,8 +286,8 @@ def trainer_model_card(
         eval_results=dict(results) if results is not None else summary.eval_results,
         plot_file=PLOT_FILE if has_plot else None,
         data_description=" and ".join(f"the {n} dataset" for n in names) if names else None,
-        optim=str(getattr(trainer.args.optim, "value", trainer.args.optim)),
-        learning_rate=trainer.args.learning_rate,
+        optim=str(getattr(args.optim, "value", args.optim)),
+        learning_rate=args.learning_rate,
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -30,6 +31,7 @@ from hf_gradinit import (
     save_gradinit_result,
     save_initialized_checkpoint,
 )
+from hf_gradinit.card import trainer_model_card
 from hf_gradinit.hub import PLOT_FILE, SCALES_FILE, scales_table
 from hf_gradinit.record import is_initialized
 
@@ -164,6 +166,49 @@ def test_trainer_push_to_hub_sends_card_config_weights_and_scales(tmp_path, hub)
     assert "This model was trained with `hf_gradinit`" in card.text
     assert "fine-tuned version" not in card.text and "the toy pairs dataset" in card.text
     assert "someone/tiny-marian" in hub["repos"]
+
+
+def _usage_line(folder) -> str:
+    lines = (Path(folder) / "README.md").read_text().splitlines()
+    return next(line for line in lines if ".from_pretrained(" in line)
+
+
+def test_card_loads_from_the_folder_the_weights_are_in(tmp_path, monkeypatch, hub):
+    """The card's usage line names the folder as given (or the repo pushed to), not only its
+    last component: 'outputs/translation', 'runs/marian/checkpoint-2'."""
+    monkeypatch.chdir(tmp_path)
+    model, result = _result(iterations=1)
+    save_initialized_checkpoint(model, result, "outputs/translation", plot=False)
+    assert 'from_pretrained("outputs/translation")' in _usage_line("outputs/translation")
+    save_initialized_checkpoint(
+        model, result, "pushed", plot=False, push_to_hub=True, hub_model_id="someone/tiny"
+    )
+    assert 'from_pretrained("someone/tiny")' in _usage_line("pushed")
+
+    args = GradInitTrainingArguments(
+        output_dir="runs/marian",
+        use_cpu=True,
+        report_to="none",
+        disable_tqdm=True,
+        per_device_train_batch_size=6,
+        max_steps=2,
+        save_strategy="steps",
+        save_steps=2,
+        gradinit_iterations=1,
+        gradinit_probe_steps=0,
+    )
+    trainer = GradInitTrainer(
+        model=tiny_marian(),
+        args=args,
+        train_dataset=seq2seq_examples(24),
+        data_collator=default_data_collator,
+    )
+    trainer.train()
+    trainer.create_model_card()
+    assert 'from_pretrained("runs/marian")' in _usage_line("runs/marian")
+    folder = "runs/marian/checkpoint-2"
+    card = trainer_model_card(trainer, trainer.gradinit_result, has_plot=False, folder=folder)
+    assert f'from_pretrained("{folder}")' in card.text
 
 
 def test_card_says_when_the_probe_kept_the_original_init(probe_keeps_original):
