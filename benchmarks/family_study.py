@@ -102,6 +102,9 @@ METHODS: dict[str, dict] = {
     # by more than 1% of the first loss (no 5% margin: on small BART and GPT a learned init
     # 4% behind in the probe ended behind), and the probe is no longer than the run
     "v02": {**V01, "gradinit_probe_steps": 300, "gradinit_probe_margin": 0.0},
+    # release 0.3: the same settings; the probe is now the run's own first 300 steps from
+    # both inits (the Trainer's loop, batches, optimizer) and the run continues from the winner
+    "v03": {**V01, "gradinit_probe_steps": 300, "gradinit_probe_margin": 0.0},
     # ablations: the scales gradinit_v01 learned on the same seed, replayed (in part, or
     # raised to a power) on the fresh init, then trained without GradInit
     "replay_gains": dict(gradinit=False, _replay="gradinit_v01", _kinds="gain", _power=1.0),

@@ -1,37 +1,45 @@
 """GradInit in any ``transformers.Trainer``: :class:`GradInitCallback`.
 
-``Trainer(..., callbacks=[GradInitCallback()])`` runs GradInit once before the first
-optimizer step, on batches of the trainer's own data pipeline, with the trainer's own loss
-(``compute_loss``, so label smoothing, ``compute_loss_func`` and subclass overrides count)
-and, for the probe, the trainer's own optimizer class and settings. ``GradInitTrainer`` is
-the same code, run a little earlier (before the model is wrapped, so FSDP/DeepSpeed work).
+``Trainer(..., callbacks=[GradInitCallback()])`` runs GradInit once when training starts:
+the scales are learned on batches of the trainer's own data pipeline with the trainer's own
+loss (``compute_loss``: label smoothing, ``compute_loss_func`` and subclass overrides
+count); then the probe is the run's own first steps from both inits, and the run continues
+from the winner (:mod:`hf_gradinit.probe_training`). ``GradInitTrainer`` runs the same code
+(:meth:`GradInitCallback.run`) from its own training loop.
 
-The GradInit metrics reach ``state.log_history`` and the reporters through ``Trainer.log``,
-just before the trainer's first log of its own: every callback sees them after its
-``on_train_begin`` and in the order the Trainer logs.
+The GradInit entries (step 0, and the probe's two curves at the steps training logs) go
+into ``state.log_history`` and to every callback's ``on_log`` when the kept run begins,
+before training's own entries; the console shows the summary, not each iteration.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import logging
 import math
-import random
-import sys
+import os
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from transformers import Trainer, TrainerCallback
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
+from .adapters import (
+    find_trainer,
+    gradinit_dataloader,
+    run_optimizer,
+    trainer_compute_loss,
+    trainer_probe_optimizer,
+    training_steps,
+)
 from .api import compute_gradinit_scales
 from .arguments import GradInitArguments
 from .config import GradInitConfig, GradInitError
-from .core.probe import MakeOptimizer
-from .record import drop_stale_record, keep_current
+from .probe_training import Branch, random_state_preserved, train_with_probe
+from .record import SCALES_FILE, drop_stale_record, keep_current, record_in_config, same_run
 from .result import GradInitResult, unwrap_model
 
 logger = logging.getLogger(__name__)
@@ -81,137 +89,51 @@ def gradinit_log_entries(result: GradInitResult, every: int = 1) -> list[dict[st
     summary["gradinit/runtime_s"] = float(result.runtime_s)
     summary["gradinit/kept"] = float(result.kept)
     if result.probe is not None:
-        summary["gradinit/probe_learned_loss"] = float(result.probe["learned_score"])
-        summary["gradinit/probe_original_loss"] = float(result.probe["original_score"])
+        summary["gradinit/probe_learned_score"] = float(result.probe["learned_score"])
+        summary["gradinit/probe_original_score"] = float(result.probe["original_score"])
     entries.append(summary)
     return entries
 
 
-# --------------------------------------------------------------------------------------
-# What GradInit takes from the trainer
-# --------------------------------------------------------------------------------------
+def probe_log_entries(
+    branches: dict[str, Branch], winner_history: Sequence[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The probe's two curves, one entry at each step where training logged its loss: the
+    mean loss from each init over the steps since the previous entry."""
+    entries, previous = [], 0
+    for entry in winner_history:
+        step = int(entry.get("step", 0))
+        if "loss" not in entry or step <= previous:
+            continue
+        logged = {"step": step, "epoch": entry.get("epoch", 0.0)}
+        for init, branch in branches.items():
+            logged[f"gradinit/probe_{init}_loss"] = _mean(branch.losses[previous:step])
+        entries.append(logged)
+        previous = step
+    return entries
 
 
-@contextlib.contextmanager
-def _rng_preserved() -> Iterator[None]:
-    """GradInit draws data (DataLoader seeds) but leaves training's random streams as they
-    were: with the same seed, GradInit on/off differ only in the initial weights."""
-    import numpy as np
+def restore_record(model: torch.nn.Module, folder: str | os.PathLike) -> GradInitResult | None:
+    """The GradInit result saved with a checkpoint (``gradinit_scales.json``), put back in
+    the model's ``config.gradinit``: a run resumed from a checkpoint of an initialized run
+    saves models that reload as initialized. None if the folder has no (readable) record or
+    its record is not the run the model's config names."""
+    from .hub import load_gradinit_result
 
-    py_state, np_state = random.getstate(), np.random.get_state()
-    torch_state = torch.get_rng_state()
-    cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
-    try:
-        yield
-    finally:
-        random.setstate(py_state)
-        np.random.set_state(np_state)
-        torch.set_rng_state(torch_state)
-        if cuda_states is not None:
-            torch.cuda.set_rng_state_all(cuda_states)
-
-
-def trainer_compute_loss(trainer: Trainer):
-    """GradInit's loss: the trainer's ``compute_loss`` as training calls it, with
-    ``num_items_in_batch`` counted as training counts it, on a copy of the batch."""
-    count = getattr(trainer, "_get_num_items_in_batch", None)
-
-    def compute_loss(model: torch.nn.Module, batch: Mapping[str, Any]) -> torch.Tensor:
-        num_items = count([batch], trainer.args.device) if callable(count) else None
-        return trainer.compute_loss(model, dict(batch), num_items_in_batch=num_items)
-
-    return compute_loss
-
-
-def trainer_probe_optimizer(trainer: Trainer, model: torch.nn.Module) -> MakeOptimizer:
-    """The probe's optimizer: the class and settings the trainer will train with, with its
-    weight-decay groups."""
-    if getattr(trainer, "optimizer_cls_and_kwargs", None) is not None:
-        cls, kwargs = trainer.optimizer_cls_and_kwargs
-    else:
-        cls, kwargs = trainer.get_optimizer_cls_and_kwargs(trainer.args, model)
-    kwargs = dict(kwargs)
-    decay = set(trainer.get_decay_parameter_names(model))
-
-    def make(named: Sequence[tuple[str, torch.Tensor]]) -> torch.optim.Optimizer:
-        groups = [
-            {
-                "params": [t for n, t in named if n in decay],
-                "weight_decay": trainer.args.weight_decay,
-            },
-            {"params": [t for n, t in named if n not in decay], "weight_decay": 0.0},
-        ]
-        return cls([g for g in groups if g["params"]], **kwargs)
-
-    return make
-
-
-def _dataset_size(trainer: Trainer) -> int | None:
-    """Examples in the training set, None for an iterable dataset (no length)."""
-    dataset = trainer.train_dataset
-    if isinstance(dataset, torch.utils.data.IterableDataset):
+    path = os.path.join(str(folder), SCALES_FILE)
+    if not os.path.isfile(path):
         return None
     try:
-        return len(dataset)
-    except TypeError:
+        result = load_gradinit_result(path)
+    except ValueError as err:
+        logger.warning("Ignoring %s: %s", path, err)
         return None
-
-
-def gradinit_dataloader(trainer: Trainer, batch_size: int | None = None) -> Any:
-    """The trainer's own training loader (collator, sampler, device placement), at
-    ``batch_size`` if given, whole batches only, and in random order where transformers
-    would group by length: its ``LengthGroupedSampler`` starts each chunk of batches with
-    the longest examples, a biased sample for a phase that sees few batches. A subclass's
-    own ``_get_train_sampler`` is used as it is."""
-    args = trainer.args
-    saved = (args.train_sampling_strategy, trainer._train_batch_size, args.dataloader_drop_last)
-    if (
-        args.train_sampling_strategy == "group_by_length"
-        and type(trainer)._get_train_sampler is Trainer._get_train_sampler
-    ):
-        args.train_sampling_strategy = "random"
-    if batch_size is not None:
-        trainer._train_batch_size = batch_size * max(1, args.n_gpu)
-    size = _dataset_size(trainer)
-    if size is not None:  # a dataset smaller than a batch per process: batches of all it has
-        trainer._train_batch_size = max(
-            1, min(trainer._train_batch_size, size // max(1, args.world_size))
-        )
-        args.dataloader_drop_last = True
-    try:
-        return trainer.get_train_dataloader()
-    finally:
-        args.train_sampling_strategy, trainer._train_batch_size, args.dataloader_drop_last = saved
-
-
-def training_steps(trainer: Trainer) -> int | None:
-    """The optimizer steps this run will take, counted as the Trainer counts them:
-    ``max_steps``, else epochs x the training loader's batches / accumulation, a partial
-    accumulation ending an epoch counting as a step (None: unknown, an iterable dataset
-    without ``max_steps``)."""
-    args = trainer.args
-    if args.max_steps > 0:
-        return args.max_steps
-    try:
-        batches = len(trainer.get_train_dataloader())
-    except TypeError:
+    entry = getattr(getattr(model, "config", None), "gradinit", None)
+    if entry and not same_run(entry, result.config_entry()):
+        logger.warning("Ignoring %s: it is not the GradInit run the model's config names.", path)
         return None
-    per_epoch = max(1, math.ceil(batches / max(1, args.gradient_accumulation_steps)))
-    return math.ceil(args.num_train_epochs * per_epoch)
-
-
-def find_trainer(callback: TrainerCallback) -> Trainer:
-    """The Trainer whose event is running ``callback`` (it is on the call stack)."""
-    frame = sys._getframe(1)
-    while frame is not None:
-        owner = frame.f_locals.get("self")
-        if isinstance(owner, Trainer) and callback in owner.callback_handler.callbacks:
-            return owner
-        frame = frame.f_back
-    raise GradInitError(
-        "GradInitCallback could not find the Trainer it belongs to: add it with "
-        "Trainer(callbacks=[GradInitCallback()]) or trainer.add_callback(...)."
-    )
+    record_in_config(model, result.config_entry(), result.scales)
+    return result
 
 
 # --------------------------------------------------------------------------------------
@@ -220,23 +142,29 @@ def find_trainer(callback: TrainerCallback) -> Trainer:
 
 
 class GradInitCallback(TrainerCallback):
-    """Runs GradInit once before the first optimizer step of any ``transformers.Trainer``.
+    """Runs GradInit once when training starts, in any ``transformers.Trainer``.
+
+    The scales are learned on the trainer's data with its loss; then the Trainer's own loop
+    trains ``probe_steps`` steps (at most the run's) from the original and from the learned
+    init, and the run continues from the better one's step (:mod:`hf_gradinit.probe_training`):
+    training's first steps are the winner's, so a run no longer than the probe never ends
+    worse than without GradInit.
 
     Settings: ``config`` if given, else the ``gradinit_*`` fields of the trainer's
     arguments when they are :class:`~hf_gradinit.GradInitTrainingArguments`, else the
-    defaults. In every case eta and the inner optimizer follow the run's ``learning_rate``,
-    ``optim`` and ``optim_args`` (as :meth:`GradInitArguments.to_gradinit_config`), the loss
-    is the trainer's ``compute_loss``, and the probe trains with the trainer's optimizer.
+    defaults. In every case eta and the inner optimizer follow the optimizer training uses:
+    an instance passed to the Trainer, ``optimizer_cls_and_kwargs``, or ``optim`` /
+    ``optim_args`` and ``learning_rate``.
 
-    GradInit does not run when resuming from a checkpoint, on a model that is already
-    initialized (``config.gradinit`` matches its weights: a second ``train()``, a retry of
-    the training loop, a checkpoint made by ``hf-gradinit init``), or with
-    ``args.gradinit=False``. A model that is already sharded (FSDP, DeepSpeed ZeRO-3) when
-    training starts is refused: use ``GradInitTrainer``, which runs before wrapping, or
-    ``hf-gradinit init``.
+    GradInit does not run when resuming from a checkpoint (the checkpoint's record is put
+    back into ``model.config.gradinit``), on a model that is already initialized
+    (``config.gradinit`` matches its weights), or with ``args.gradinit=False``.
 
     Args:
         config: GradInit settings (``eta`` and ``inner_optimizer`` are the run's).
+        trainer: the Trainer this callback belongs to, for ``trainer.add_callback(
+            GradInitCallback(trainer=trainer))``; without it the callback finds the trainer
+            that calls its ``on_init_end`` (pass it in ``Trainer(callbacks=[...])``).
         batch_size: examples per GradInit batch and device (default: the arguments'
             ``gradinit_batch_size``, else ``per_device_train_batch_size``).
         logging_steps: log the metrics averaged over this many iterations.
@@ -246,6 +174,7 @@ class GradInitCallback(TrainerCallback):
         self,
         config: GradInitConfig | None = None,
         *,
+        trainer: Trainer | None = None,
         batch_size: int | None = None,
         logging_steps: int | None = None,
     ):
@@ -253,10 +182,13 @@ class GradInitCallback(TrainerCallback):
         self.batch_size = batch_size
         self.logging_steps = logging_steps
         self._results: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-        self._trained: weakref.WeakSet = weakref.WeakSet()  # models whose training ended
-        self._pending: list[dict[str, float]] = []
-        self._logged_into: list[weakref.ref] = []  # the TrainerStates holding the entries
+        self._pending: list[dict[str, Any]] = []
         self.result: GradInitResult | None = None  # the last run's
+        self._trainer: weakref.ref | None = None
+        self._probe_loss_sum: float | None = None  # the kept branch's, for train_loss
+        self._trained: weakref.WeakSet = weakref.WeakSet()  # models whose training ended
+        if trainer is not None:
+            self.attach(trainer)
 
     # ---- settings ------------------------------------------------------------------------
 
@@ -268,33 +200,138 @@ class GradInitCallback(TrainerCallback):
         """This run's settings (see the class docstring)."""
         args = trainer.args
         source = args if isinstance(args, GradInitArguments) else GradInitArguments()
-        derived = source.config_for_run(args)
+        optimizer = run_optimizer(trainer)
+        if optimizer is None:
+            derived = source.config_for_run(args)
+        else:
+            betas = optimizer.pop("betas") or (args.adam_beta1, args.adam_beta2)
+            eps = optimizer.pop("eps") or args.adam_epsilon
+            derived = source.to_gradinit_config(
+                seed=args.seed, betas=betas, eps=eps, warn=True, **optimizer
+            )
         if self.config is None:
             return derived
         values = self.config.to_dict()
         values.update(eta=derived.eta, inner_optimizer=derived.inner_optimizer)
         return GradInitConfig.from_dict(values)
 
+    # ---- attaching to the trainer's loop -------------------------------------------------
+
+    def attach(self, trainer: Trainer) -> None:
+        """Run the trainer's training loop through :meth:`run` (once per trainer; a
+        :class:`~hf_gradinit.GradInitTrainer` does it in its own loop)."""
+        if getattr(type(trainer), "runs_gradinit", False) or "_gradinit_loop" in vars(trainer):
+            return
+        loop = trainer._inner_training_loop
+        trainer._gradinit_loop = self
+        self._trainer = weakref.ref(trainer)
+
+        def inner_training_loop(*args: Any, **kwargs: Any) -> Any:
+            return self.run(trainer, loop, *args, **kwargs)
+
+        trainer._inner_training_loop = inner_training_loop
+
+    def on_init_end(self, args, state, control, **kwargs):
+        self.attach(find_trainer(self))
+        return control
+
     # ---- running -------------------------------------------------------------------------
 
-    def initialize(self, trainer: Trainer, model: torch.nn.Module | None = None) -> GradInitResult:
-        """Run GradInit on ``model`` (the trainer's) with the trainer's data, loss and
-        optimizer, apply the scales and queue the log entries. Refuses a model that is
-        already initialized (scales would compound)."""
-        model = unwrap_model(model if model is not None else trainer.model)
-        if drop_stale_record(model) in ("initialized", "unverified"):
-            raise GradInitError(
-                "This model is already GradInit-initialized (its model.config.gradinit "
-                "matches its weights); running GradInit again would compound the scales. "
-                "Train it as it is."
-            )
+    def run(
+        self,
+        trainer: Trainer,
+        inner_loop: Callable[..., Any],
+        batch_size: int | None = None,
+        args: Any = None,
+        resume_from_checkpoint: str | None = None,
+        trial: Any = None,
+        ignore_keys_for_eval: list[str] | None = None,
+    ) -> Any:
+        """The trainer's training loop with GradInit in front: the one place that decides
+        whether GradInit runs now, learns the scales, runs the probe as the start of
+        training and continues from its winner."""
+        self._trainer = weakref.ref(trainer)
+        loop_kwargs = dict(
+            batch_size=batch_size, args=args, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval
+        )
+        model = unwrap_model(trainer.model)
+        reason = self.skip_reason(trainer, model, resume_from_checkpoint)
+        if reason is not None:
+            if reason != "off":
+                logger.info("Not running GradInit: %s.", reason)
+            return inner_loop(resume_from_checkpoint=resume_from_checkpoint, **loop_kwargs)
         config = self.config_for(trainer)
+        horizon = training_steps(trainer)
+        steps = config.probe_steps if horizon is None else min(config.probe_steps, horizon)
+        config = dataclasses.replace(config, probe_steps=steps)
+        sharded = getattr(trainer, "is_fsdp_enabled", False) or getattr(
+            trainer, "is_deepspeed_enabled", False
+        )
+        result = self.learn(trainer, model, config, probe_on_copies=sharded)
+        if sharded or steps == 0:  # no branches: the copy-probe's decision (if any) stands
+            self._finish(trainer, model, result)
+            return inner_loop(resume_from_checkpoint=None, **loop_kwargs)
+
+        def on_decided(record: dict[str, Any], branches: dict[str, Branch]) -> None:
+            result.probe = record
+            if record["decision"] != "learned":
+                result.scales = dict.fromkeys(result.scales, 1.0)
+            winner = branches[record["decision"]]
+            self._finish(trainer, model, result, probe_log_entries(branches, winner.log_history))
+            self._probe_loss_sum = sum(winner.losses)
+
+        return train_with_probe(
+            trainer,
+            inner_loop,
+            loop_kwargs,
+            dict(result.scales),
+            config,
+            steps,
+            on_decided,
+            show_progress=not trainer.args.disable_tqdm,
+            ends_run=horizon is not None and steps >= horizon,
+        )
+
+    def skip_reason(
+        self, trainer: Trainer, model: torch.nn.Module, resume_from_checkpoint: Any
+    ) -> str | None:
+        """Why GradInit does not run now (None: it runs). Resuming puts the checkpoint's
+        record back in the model's config."""
+        if resume_from_checkpoint is not None:
+            restored = restore_record(model, resume_from_checkpoint)
+            if restored is not None:
+                self._results[model] = restored
+            keep_current(model)
+            return "resuming from a checkpoint"
+        result = self._results.get(model)
+        if result is not None:
+            if model not in self._trained:  # a retried loop: its new state gets the entries
+                self._queue(trainer, result)
+            return "it already ran for this model (a second train() or a retried loop)"
+        if drop_stale_record(model) in ("initialized", "unverified"):
+            name = getattr(getattr(model, "config", None), "_name_or_path", "") or ""
+            if os.path.isdir(name):  # from_pretrained of an initialized checkpoint
+                restored = restore_record(model, name)
+                if restored is not None:
+                    self._results[model] = restored
+            keep_current(model)
+            return "the model is already GradInit-initialized (its config.gradinit)"
+        if not self.enabled(trainer.args):
+            return "off"
+        return None
+
+    def learn(
+        self,
+        trainer: Trainer,
+        model: torch.nn.Module,
+        config: GradInitConfig,
+        probe_on_copies: bool = False,
+    ) -> GradInitResult:
+        """Learn the scales with the trainer's data and loss; the model is not changed.
+        ``probe_on_copies``: also run the probe on copies (where the branches cannot run)."""
         batch_size = getattr(trainer.args, "gradinit_batch_size", None) or self.batch_size
         loader = gradinit_dataloader(trainer, batch_size)
-        horizon = training_steps(trainer)
-        if horizon is not None and 0 < horizon < config.probe_steps:
-            # the probe compares the inits where this training run will end, not beyond
-            config = dataclasses.replace(config, probe_steps=horizon)
+        learn_config = config if probe_on_copies else dataclasses.replace(config, probe_steps=0)
         logger.info(
             "Running GradInit: %d iterations, inner optimizer %s, eta %g, probe %d steps",
             config.iterations,
@@ -305,11 +342,11 @@ class GradInitCallback(TrainerCallback):
         metrics = getattr(trainer, "_metrics", None)  # trl trainers collect metrics per loss
         saved_metrics = copy.deepcopy(metrics) if isinstance(metrics, dict) else None
         try:
-            with _rng_preserved():
+            with random_state_preserved(trainer.data_collator):
                 result = compute_gradinit_scales(
                     model,
                     loader,
-                    config,
+                    learn_config,
                     accelerator=trainer.accelerator,
                     compute_loss=trainer_compute_loss(trainer),
                     probe_optimizer=trainer_probe_optimizer(trainer, model),
@@ -324,92 +361,120 @@ class GradInitCallback(TrainerCallback):
             if saved_metrics is not None:  # GradInit's losses are not training metrics
                 metrics.clear()
                 metrics.update(saved_metrics)
-        result.apply(model)  # also records it in model.config.gradinit
+        result.config = config
+        return result
+
+    def initialize(self, trainer: Trainer, model: torch.nn.Module | None = None) -> GradInitResult:
+        """Learn and apply GradInit now, outside training (the probe on copies): what
+        ``GradInitTrainer.run_gradinit`` does to inspect the result before ``train()``.
+        Refuses a model that is already initialized (scales would compound)."""
+        model = unwrap_model(model if model is not None else trainer.model)
+        if drop_stale_record(model) in ("initialized", "unverified"):
+            raise GradInitError(
+                "This model is already GradInit-initialized (its model.config.gradinit "
+                "matches its weights); running GradInit again would compound the scales. "
+                "Train it as it is."
+            )
+        config = self.config_for(trainer)
+        horizon = training_steps(trainer)
+        if horizon is not None:
+            config = dataclasses.replace(config, probe_steps=min(config.probe_steps, horizon))
+        result = self.learn(trainer, model, config, probe_on_copies=True)
+        self._finish(trainer, model, result)
+        return result
+
+    def _finish(
+        self,
+        trainer: Trainer,
+        model: torch.nn.Module,
+        result: GradInitResult,
+        probe_entries: Sequence[dict[str, Any]] = (),
+    ) -> None:
+        """Record the outcome in the model (scales applied unless the weights are already
+        the winner's), keep the result and queue its log entries."""
+        if result.probe is None or not probe_entries:
+            result.apply(model)  # also records it in model.config.gradinit
+        else:
+            record_in_config(model, result.config_entry(), result.scales)
         self._results[model] = result
         self.result = result
-        self._queue(trainer, result)
+        self._queue(trainer, result, probe_entries)
         summary = result.summary()
-        logger.info(
-            "GradInit done in %.1fs: %s; scales %.3g..%.3g, loss after step %s -> %s",
+        logger.warning(
+            "GradInit (%.0f s): %s; scales %.3g..%.3g.",
             result.runtime_s,
-            "learned scales applied"
+            "kept the learned init"
+            + (f" ({summary['decision_reason']})" if result.probe is not None else "")
             if result.kept
-            else f"original init kept ({summary['decision_reason']})",
+            else f"kept the original init ({summary['decision_reason']})",
             summary["scale_min"] or float("nan"),
             summary["scale_max"] or float("nan"),
-            summary["first_loss_after_step"],
-            summary["last_loss_after_step"],
         )
         for note in result.tied_notes():
             logger.info("GradInit: %s", note.replace("`", ""))
-        return result
+
+    def _queue(
+        self, trainer: Trainer, result: GradInitResult, probe_entries: Sequence[dict] = ()
+    ) -> None:
+        every = getattr(trainer.args, "gradinit_logging_steps", None) or self.logging_steps
+        entries = gradinit_log_entries(result, every or default_logging_steps(len(result.history)))
+        self._pending = [{**e, "step": 0, "epoch": 0.0} for e in entries] + list(probe_entries)
 
     def result_for(self, model: torch.nn.Module) -> GradInitResult | None:
         return self._results.get(unwrap_model(model))
 
     # ---- logging -------------------------------------------------------------------------
 
-    def _queue(self, trainer: Trainer, result: GradInitResult) -> None:
-        every = getattr(trainer.args, "gradinit_logging_steps", None) or self.logging_steps
-        self._pending = gradinit_log_entries(
-            result, every or default_logging_steps(len(result.history))
-        )
-        self._install_log_hook(trainer)
-
-    def _install_log_hook(self, trainer: Trainer) -> None:
-        """Send the queued entries through ``trainer.log`` just before its next own log."""
-        if getattr(trainer, "_gradinit_log_hook", None) is self:
-            return
-        original = trainer.log
-        callback = weakref.ref(self)
-
-        def log(logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
-            owner = callback()
-            if owner is not None and owner._pending:
-                owner._flush(trainer, original)
-            return original(logs, *args, **kwargs)
-
-        trainer.log = log
-        trainer._gradinit_log_hook = self
-
-    def _flush(self, trainer: Trainer, log: Any) -> None:
+    def _emit(self, trainer: Trainer, state: Any, control: Any) -> None:
+        """Put the queued entries into the log history, in step order before training's
+        entries of the same step, and send them (with training's entries already in the
+        history: the probe winner's) to every callback's ``on_log``. Iteration entries do
+        not go to the console callbacks."""
         entries, self._pending = self._pending, []
-        state = trainer.state
-        saved = state.global_step, state.epoch
-        state.global_step, state.epoch = 0, 0.0  # GradInit happened before the first step
+        history = sorted(
+            [*entries, *state.log_history], key=lambda e: e.get("step", 0)
+        )  # stable: GradInit's entries first at a step
+        state.log_history = history
+        handler = trainer.callback_handler
+        saved = state.global_step, state.epoch, handler.callbacks
+        quiet = [
+            c for c in handler.callbacks if not isinstance(c, (ProgressCallback, PrinterCallback))
+        ]
         try:
-            for entry in entries:
-                log(dict(entry))
+            for entry in history:
+                logs = {k: v for k, v in entry.items() if k != "step"}
+                state.global_step, state.epoch = entry.get("step", 0), entry.get("epoch", 0.0)
+                handler.callbacks = quiet if "gradinit/iteration" in logs else saved[2]
+                handler.on_log(trainer.args, state, control, logs=logs)
         finally:
-            state.global_step, state.epoch = saved
-        self._logged_into.append(weakref.ref(state))
+            state.global_step, state.epoch, handler.callbacks = saved
 
     # ---- events --------------------------------------------------------------------------
 
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
-        trainer = find_trainer(self)
-        model = unwrap_model(model if model is not None else trainer.model)
-        result = self._results.get(model)
-        if state.global_step > 0:  # resuming: the checkpoint's weights are initialized
-            keep_current(model)
-        elif result is None:
-            initialized = drop_stale_record(model) in ("initialized", "unverified")
-            if initialized:
-                logger.info("The model is already GradInit-initialized; not running GradInit.")
-                keep_current(model)
-            elif self.enabled(args):
-                self.initialize(trainer, model)
-        elif (
-            model not in self._trained
-            and not self._pending
-            and all(r() is not state for r in self._logged_into)
-        ):
-            # the training loop was entered again before it ended (a retry with a smaller
-            # batch): its new TrainerState gets the entries too
-            self._queue(trainer, result)
-        return control
+    def _flush(self, state: Any, control: Any) -> None:
+        """Emit the queued entries at the first event after every callback's
+        ``on_train_begin`` (an epoch or step beginning, else the first log or the end)."""
+        if not self._pending:
+            return
+        trainer = self._trainer() if self._trainer is not None else None
+        trainer = trainer or find_trainer(self)
+        if self._probe_loss_sum is not None and hasattr(trainer, "_total_loss_scalar"):
+            # train_loss covers the whole run, the probe's kept steps included
+            trainer._total_loss_scalar += self._probe_loss_sum
+            trainer._initial_global_step = 0
+            self._probe_loss_sum = None
+        self._emit(trainer, state, control)
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self._flush(state, control)
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._flush(state, control)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        self._flush(state, control)
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
+        self._flush(state, control)
         if model is not None:
             self._trained.add(unwrap_model(model))
-        return control

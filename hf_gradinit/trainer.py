@@ -5,8 +5,8 @@ Used exactly like ``Seq2SeqTrainer``; the settings are the ``gradinit_*`` fields
 (the same code, for any Trainer) plus three things the callback cannot do:
 
 * ``_inner_training_loop``: GradInit runs where the model to train is final (after
-  ``model_init`` and checkpoint loading) but not yet wrapped, so FSDP and DeepSpeed work.
-  Resuming from a checkpoint reads its ``gradinit_scales.json`` back instead.
+  ``model_init`` and checkpoint loading) but not yet wrapped, so FSDP and DeepSpeed work
+  (with them, the probe runs on copies: the branches would wrap the model twice).
 * ``_save`` / ``_push_from_checkpoint``: the scales file, its plot and a GradInit model card
   go with every saved folder and every push.
 * ``create_model_card``: that card, with the run's metadata and results.
@@ -37,15 +37,8 @@ from .callbacks import (  # noqa: F401 - re-exported, as above
 from .card import CARD_FILE, render_scales_plot, trainer_model_card
 from .config import GradInitConfig, GradInitError
 from .data import label_safe_collator
-from .hub import load_gradinit_result, write_gradinit_files
-from .record import (
-    CONFIG_KEY,
-    SCALES_FILE,
-    drop_stale_record,
-    keep_current,
-    record_in_config,
-    same_run,
-)
+from .hub import write_gradinit_files
+from .record import keep_current, record_in_config
 from .result import GradInitResult
 
 logger = logging.getLogger(__name__)
@@ -62,6 +55,8 @@ class GradInitTrainer(Seq2SeqTrainer):
     ``optimizer_cls_and_kwargs`` (``Trainer``'s, which ``Seq2SeqTrainer`` does not pass on)
     trains with another ``torch.optim`` class, e.g. ``(torch.optim.RAdam, {"lr": 1e-3})``.
     """
+
+    runs_gradinit = True  # its own training loop runs GradInit (GradInitCallback.attach)
 
     def __init__(
         self,
@@ -84,7 +79,6 @@ class GradInitTrainer(Seq2SeqTrainer):
         self.gradinit_callback = found[0] if found else GradInitCallback()
         if not found:
             self.add_callback(self.gradinit_callback)
-        self._gradinit_restored: GradInitResult | None = None  # read from a checkpoint
         self._card_kwargs: dict[str, Any] = {}  # of the last create_model_card call
         if not isinstance(self.args, GradInitArguments):
             logger.warning(
@@ -104,7 +98,7 @@ class GradInitTrainer(Seq2SeqTrainer):
         """The GradInit result of the current model (run here, or read from a checkpoint)."""
         if self.model is None:
             return None
-        return self.gradinit_callback.result_for(self.model) or self._gradinit_restored
+        return self.gradinit_callback.result_for(self.model)
 
     def gradinit_config(self) -> GradInitConfig:
         """The :class:`GradInitConfig` of this run (for the current learning rate and
@@ -122,26 +116,6 @@ class GradInitTrainer(Seq2SeqTrainer):
 
     # ---- running GradInit -----------------------------------------------------------------
 
-    def _restore_gradinit_record(self, folder: str | os.PathLike, must_match: bool = False) -> None:
-        """Take the GradInit record of a checkpoint or of the folder the model came from
-        (``must_match``: only if it is the run the model's ``config.gradinit`` names)."""
-        path = os.path.join(str(folder), SCALES_FILE)
-        if not os.path.isfile(path):
-            return
-        try:
-            result = load_gradinit_result(path)
-        except ValueError as err:
-            logger.warning("Ignoring %s: %s", path, err)
-            return
-        entry = getattr(getattr(self.model, "config", None), CONFIG_KEY, None)
-        if must_match and entry and not same_run(entry, result.config_entry()):
-            logger.warning(
-                "Ignoring %s: it is not the GradInit run the model's config names.", path
-            )
-            return
-        self._gradinit_restored = result
-        record_in_config(self.model, result.config_entry(), result.scales)
-
     def _inner_training_loop(
         self,
         batch_size: int | None = None,
@@ -150,22 +124,13 @@ class GradInitTrainer(Seq2SeqTrainer):
         trial: Any = None,
         ignore_keys_for_eval: list[str] | None = None,
     ) -> Any:
-        """Runs GradInit before the model is wrapped (see the module docstring)."""
+        """GradInit runs here, where the model to train is final (after ``model_init`` and
+        checkpoint loading) but not yet wrapped: :meth:`GradInitCallback.run`."""
         if self.args.auto_find_batch_size and batch_size is not None:
             self._train_batch_size = batch_size  # a retry with a smaller batch
-        model = self.model
-        if resume_from_checkpoint is not None:
-            self._restore_gradinit_record(resume_from_checkpoint)
-        elif self.gradinit_callback.result_for(model) is None:
-            # a stale record (a fresh model from an initialized config) is never saved again
-            if drop_stale_record(model) in ("initialized", "unverified"):
-                name = getattr(getattr(model, "config", None), "_name_or_path", "") or ""
-                if self.gradinit_enabled and name and os.path.isdir(name):
-                    self._restore_gradinit_record(name, must_match=True)
-                logger.info("The model is already GradInit-initialized; not running GradInit.")
-            elif self.gradinit_enabled:
-                self.run_gradinit()
-        return super()._inner_training_loop(
+        return self.gradinit_callback.run(
+            self,
+            super()._inner_training_loop,
             batch_size=batch_size,
             args=args,
             resume_from_checkpoint=resume_from_checkpoint,

@@ -137,8 +137,8 @@ def decide(
     return {
         "steps": steps,
         "margin": config.probe_margin,
-        "learned_losses": [round(v, 5) for v in learned],
-        "original_losses": [round(v, 5) for v in original],
+        "learned_losses": [float(v) for v in learned],
+        "original_losses": [float(v) for v in original],
         "learned_score": a,
         "original_score": b,
         "decision": decision,

@@ -1,0 +1,212 @@
+"""The probe is the start of training: each branch is the Trainer's own run from its init,
+step for step, and the run continues from the winner (checked against plain Trainer runs,
+an independent computation: no GradInit code runs in them)."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from testing_utils import (
+    classification_examples,
+    seq2seq_examples,
+    tiny_bert_classifier,
+    tiny_marian,
+    training_args,
+)
+from transformers import Trainer, TrainingArguments, default_data_collator
+
+import hf_gradinit.callbacks as callbacks_module
+from hf_gradinit import GradInitCallback, GradInitConfig, GradInitTrainer, apply_scales
+from hf_gradinit.core.probe import decide
+from hf_gradinit.record import initialization_state
+
+RTOL = 1e-6
+
+
+def _bert_with_schedule(tmp_path, **kw):
+    """BERT classifier (dropout on), linear decay, clipping, accumulation, a short epoch."""
+    args = dict(max_steps=7, learning_rate=5e-3, lr_scheduler_type="linear", max_grad_norm=0.5)
+    args.update(gradient_accumulation_steps=2, **kw)
+    return tiny_bert_classifier, classification_examples(48), args, {}
+
+
+def _bert_with_optimizer_instance(tmp_path, **kw):
+    """SGD with momentum and a LambdaLR passed to the Trainer as instances."""
+
+    def optimizers(model):
+        sgd = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        return sgd, torch.optim.lr_scheduler.LambdaLR(sgd, lambda step: 1.0 / (1 + step))
+
+    args = dict(max_steps=6, learning_rate=5e-3, max_grad_norm=0.0, **kw)
+    return tiny_bert_classifier, classification_examples(36), args, {"optimizers": optimizers}
+
+
+def _marian_whole_run(tmp_path, **kw):
+    """A seq2seq run no longer than the probe (the run *is* the winner's branch)."""
+    args = dict(max_steps=5, learning_rate=1e-2, **kw)
+    return tiny_marian, seq2seq_examples(30), args, {"data_collator": default_data_collator}
+
+
+def _plain_run(tmp_path, factory, weights, scales, data, args, extra):
+    """A plain Trainer run (no GradInit code) from ``weights`` times ``scales``."""
+    model = factory()
+    model.load_state_dict(weights)
+    if scales:
+        apply_scales(model, scales)
+    extra = dict(extra)
+    if "optimizers" in extra:
+        extra["optimizers"] = extra["optimizers"](model)
+    trainer = Trainer(
+        model=model,
+        args=training_args(tmp_path / "plain", TrainingArguments, **args),
+        train_dataset=data,
+        **extra,
+    )
+    trainer.train()
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    return losses, {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _assert_close(a, b, what):
+    assert len(a) == len(b), what
+    for i, (x, y) in enumerate(zip(a, b)):
+        assert math.isclose(x, y, rel_tol=RTOL, abs_tol=1e-9), f"{what}, step {i + 1}: {x} != {y}"
+
+
+def _assert_same_weights(a, b):
+    for name in b:
+        torch.testing.assert_close(a[name], b[name], rtol=RTOL, atol=1e-7, msg=name)
+
+
+@pytest.mark.parametrize(
+    "setup, probe_steps",
+    [(_bert_with_schedule, 3), (_bert_with_optimizer_instance, 3), (_marian_whole_run, 5)],
+    ids=["schedule-clipping-accumulation", "optimizer-instance", "run-no-longer-than-probe"],
+)
+def test_branches_and_the_run_equal_plain_trainer_runs(tmp_path, monkeypatch, setup, probe_steps):
+    factory, data, args, extra = setup(tmp_path)
+    torch.manual_seed(0)
+    weights = copy.deepcopy(factory().state_dict())
+    seen = {}
+    real = callbacks_module.train_with_probe
+
+    def spy(trainer, inner_loop, loop_kwargs, scales, *a, **k):
+        seen["scales"] = dict(scales)
+        return real(trainer, inner_loop, loop_kwargs, scales, *a, **k)
+
+    monkeypatch.setattr(callbacks_module, "train_with_probe", spy)
+    model = factory()
+    model.load_state_dict(weights)
+    config = GradInitConfig(iterations=3, scale_lr=5e-2, probe_steps=probe_steps)
+    callback = GradInitCallback(config)
+    kw = dict(extra)
+    if "optimizers" in kw:
+        kw["optimizers"] = kw["optimizers"](model)
+    trainer = Trainer(
+        model=model,
+        args=training_args(tmp_path, TrainingArguments, **args),
+        train_dataset=data,
+        callbacks=[callback],
+        **kw,
+    )
+    trainer.train()
+    probe = callback.result.probe
+    original, original_weights = _plain_run(tmp_path, factory, weights, None, data, args, extra)
+    learned, learned_weights = _plain_run(
+        tmp_path, factory, weights, seen["scales"], data, args, extra
+    )
+    # (a) each branch's per-step losses are the plain run's from that init
+    _assert_close(probe["original_losses"], original[:probe_steps], "original-init branch")
+    _assert_close(probe["learned_losses"], learned[:probe_steps], "learned-init branch")
+    # (b) the run is the plain run from the winner's init: every logged loss and the weights
+    expected = decide(learned[:probe_steps], original[:probe_steps], config)["decision"]
+    assert probe["decision"] == expected
+    plain, plain_weights = (
+        (learned, learned_weights) if expected == "learned" else (original, original_weights)
+    )
+    logged = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    _assert_close(logged, plain, "the run's logged losses")
+    _assert_same_weights(model.state_dict(), plain_weights)
+    assert trainer.state.global_step == args["max_steps"]
+    # the loser's curve is logged as gradinit/*, at the steps training logged
+    curves = [e for e in trainer.state.log_history if "gradinit/probe_original_loss" in e]
+    assert [e["step"] for e in curves] == list(range(1, probe_steps + 1))
+
+
+def test_a_run_no_longer_than_the_probe_ends_at_the_better_of_the_two(tmp_path, monkeypatch):
+    """Whatever GradInit learns, a run of at most N steps ends where the better branch ends:
+    force a harmful init (every tensor scaled by 30) and check the original is kept."""
+    real = callbacks_module.train_with_probe
+
+    def harmful(trainer, inner_loop, loop_kwargs, scales, *a, **k):
+        return real(trainer, inner_loop, loop_kwargs, dict.fromkeys(scales, 30.0), *a, **k)
+
+    monkeypatch.setattr(callbacks_module, "train_with_probe", harmful)
+    torch.manual_seed(0)
+    weights = copy.deepcopy(tiny_bert_classifier().state_dict())
+    args = dict(max_steps=6, learning_rate=5e-3)
+    data = classification_examples(36)
+    model = tiny_bert_classifier()
+    model.load_state_dict(weights)
+    callback = GradInitCallback(GradInitConfig(iterations=2, probe_steps=6))
+    trainer = Trainer(
+        model=model,
+        args=training_args(tmp_path, TrainingArguments, **args),
+        train_dataset=data,
+        callbacks=[callback],
+    )
+    trainer.train()
+    original, original_weights = _plain_run(
+        tmp_path, tiny_bert_classifier, weights, None, data, args, {}
+    )
+    probe = callback.result.probe
+    assert probe["decision"] == "original", probe["reason"]
+    assert not callback.result.kept and set(callback.result.scales.values()) == {1.0}
+    _assert_same_weights(model.state_dict(), original_weights)
+
+
+def test_a_failure_inside_the_probe_leaves_the_original_weights(tmp_path):
+    torch.manual_seed(0)
+    model = tiny_bert_classifier()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    trainer = Trainer(
+        model=model,
+        args=training_args(tmp_path, TrainingArguments, max_steps=4, learning_rate=5e-3),
+        train_dataset=classification_examples(24),
+        callbacks=[GradInitCallback(GradInitConfig(iterations=2, probe_steps=3))],
+    )
+    calls = []
+    real = trainer.training_step
+
+    def fails_in_second_branch(*a, **k):
+        calls.append(1)
+        if len(calls) == 5:  # the learned-init branch's second step
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    trainer.training_step = fails_in_second_branch
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train()
+    _assert_same_weights(model.state_dict(), before)
+    assert initialization_state(model) == "absent"
+    assert not (tmp_path / "out" / "gradinit-probe").exists()
+
+
+def test_gradinit_trainer_runs_the_same_probe_and_saves_the_winner(tmp_path):
+    args = training_args(
+        tmp_path, max_steps=4, learning_rate=1e-2, gradinit_iterations=2, gradinit_probe_steps=2
+    )
+    trainer = GradInitTrainer(
+        model=tiny_marian(), args=args, train_dataset=seq2seq_examples(24),
+        data_collator=default_data_collator,
+    )  # fmt: skip
+    trainer.train()
+    result = trainer.gradinit_result
+    assert result.probe is not None and len(result.probe["learned_losses"]) == 2
+    assert initialization_state(trainer.model) == "initialized"
+    trainer.save_model()
+    assert (tmp_path / "out" / "gradinit_scales.json").is_file()
+    assert not (tmp_path / "out" / "gradinit-probe").exists()
