@@ -336,7 +336,9 @@ def train_with_probe(
                     {f"{k} loss": f"{b.losses[-1]:.4g}" for k, b in branches.items()},
                     refresh=True,
                 )
-            record = decide(branches["learned"].losses, branches["original"].losses, config)
+            record = decide(
+                branches["learned"].losses, branches["original"].losses, config, exact=True
+            )
             winner = branches[record["decision"]]
             start.restore(trainer, weights=False)
             trainer._load_from_checkpoint(winner.checkpoint)  # the Trainer's own loading

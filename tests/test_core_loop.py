@@ -206,7 +206,7 @@ def test_decide_keeps_the_learned_init_unless_it_is_behind_by_the_margin():
     assert tail_mean([*start, 2.0], 8) == math.inf  # stopped early: diverged
     assert tail_mean([*start, 2.0, math.nan], 8) == math.inf
     ahead = decide([*start, 2.0, 2.0], [*start, 3.0, 3.0], config)
-    assert ahead["decision"] == "learned" and "2 against 3" in ahead["reason"]
+    assert ahead["decision"] == "learned" and "2 (learned) against 3 (original)" in ahead["reason"]
     assert (ahead["learned_score"], ahead["original_score"]) == (2.0, 3.0)
     assert ahead["steps"] == 8 and ahead["margin"] == 0.1
     assert "probe steps 7-8" in ahead["reason"]
@@ -224,6 +224,27 @@ def test_decide_keeps_the_learned_init_unless_it_is_behind_by_the_margin():
     assert decide([*start, 3.0, 3.0], [*start, 3.0], config)["decision"] == "learned"
     stalled = decide([*start, 2.0, 2.0], [*start, 3.0, 3.0], config, objective_improved=False)
     assert stalled["decision"] == "original" and "did not improve" in stalled["reason"]
+
+
+def test_decide_on_exact_branches_keeps_the_lower_and_a_tie_keeps_the_original():
+    """On the run's own branches there is no sampling noise between the two curves: the
+    lower one wins, a tie leaves the run exactly as without GradInit."""
+    config = GradInitConfig(probe_steps=8)
+    start = [9.0] * 6
+    ahead = decide([*start, 2.9, 2.9], [*start, 3.0, 3.0], config, exact=True)
+    assert ahead["decision"] == "learned" and "was ahead" in ahead["reason"]
+    tie = decide([*start, 3.0, 3.0], [*start, 3.0, 3.0], config, exact=True)
+    assert tie["decision"] == "original" and "not ahead" in tie["reason"]
+    # behind by less than 1% of the first loss: noise for the copies' rule, not here
+    within_noise = ([*start, 3.05, 3.05], [*start, 3.0, 3.0])
+    assert decide(*within_noise, config)["decision"] == "learned"
+    assert decide(*within_noise, config, exact=True)["decision"] == "original"
+    diverged = decide([*start, 2.0], [*start, 3.0, 3.0], config, exact=True)
+    assert diverged["decision"] == "original" and "diverged" in diverged["reason"]
+    both = decide(
+        [*start, 2.0, 2.0], [*start, 3.0, 3.0], config, objective_improved=False, exact=True
+    )
+    assert both["decision"] == "learned"  # the run's own steps decide, not the objective
 
 
 def test_probe_trains_the_real_optimizer_from_each_init_without_touching_the_model():

@@ -122,7 +122,11 @@ def test_branches_and_the_run_equal_plain_trainer_runs(tmp_path, monkeypatch, se
     _assert_close(probe["original_losses"], original[:probe_steps], "original-init branch")
     _assert_close(probe["learned_losses"], learned[:probe_steps], "learned-init branch")
     # (b) the run is the plain run from the winner's init: every logged loss and the weights
-    expected = decide(learned[:probe_steps], original[:probe_steps], config)["decision"]
+    expected = decide(learned[:probe_steps], original[:probe_steps], config, exact=True)
+    assert expected["decision"] == (
+        "learned" if expected["learned_score"] < expected["original_score"] else "original"
+    )
+    expected = expected["decision"]
     assert probe["decision"] == expected
     plain, plain_weights = (
         (learned, learned_weights) if expected == "learned" else (original, original_weights)

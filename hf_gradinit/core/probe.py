@@ -109,16 +109,38 @@ def decide(
     original: Sequence[float],
     config: GradInitConfig,
     objective_improved: bool = True,
+    exact: bool = False,
 ) -> dict:
-    """Keep the learned init unless it is behind: its mean loss over the probe's last quarter
-    exceeds the original init's by more than ``probe_margin`` (relative) and by more than
+    """Which init training goes on from, by the mean loss over the probe's last quarter.
+
+    ``exact``: the two curves are the training run's own first steps from each init (the
+    Trainer's probe): the lower one wins, a tie keeps the original init (the run is then
+    exactly the run without GradInit). Chosen on the family study's development set
+    (benchmarks/results/probe_rule_study.md): never worse there at 100-300 probe steps where
+    release 0.2's rule was worse at 100 and 200, and as good or better on every workload.
+
+    Otherwise (the probe on copies, with batches of its own: ``apply_gradinit``): keep the
+    learned init unless it is behind by more than ``probe_margin`` (relative) and more than
     ``NOISE_FLOOR`` of the original's first loss, or it diverged, or GradInit's objective did
-    not improve (``objective_improved``). Returns the record kept in the result: both loss
-    curves, the two scores, the decision and its reason."""
+    not improve (``objective_improved``); release 0.2's rule.
+
+    Returns the record kept in the result: both loss curves, the two scores, the decision
+    and its reason (rounded numbers, the tolerance in words)."""
     steps = config.probe_steps
     a, b = tail_mean(learned, steps), tail_mean(original, steps)
     window = f"probe steps {tail_start(steps) + 1}-{steps}"
-    if not objective_improved:
+    scores = f"mean loss over {window} {a:.4g} (learned) against {b:.4g} (original)"
+    if exact:
+        if math.isinf(a):
+            decision = "original"
+            reason = f"training from the learned init diverged within {steps} steps"
+        elif a < b:
+            decision = "learned"
+            reason = f"training from the learned init was ahead: {scores}"
+        else:
+            decision = "original"
+            reason = f"training from the learned init was not ahead: {scores}"
+    elif not objective_improved:
         decision = "original"
         reason = "GradInit's objective (the loss after the simulated step) did not improve"
     elif math.isinf(a):
@@ -133,7 +155,10 @@ def decide(
         )
     else:
         decision = "learned"
-        reason = f"mean loss over {window} {a:.4g} against {b:.4g} from the original init"
+        reason = (
+            f"training from the learned init was not behind: {scores} (a difference under 1% "
+            "of the first loss counts as noise)"
+        )
     return {
         "steps": steps,
         "margin": config.probe_margin,
