@@ -205,7 +205,7 @@ class GradInitTrainer(Seq2SeqTrainer):
             cached = (result, render_scales_plot(result) or False)
             self._gradinit_png = cached
         has_plot = write_gradinit_files(folder, result, plot=cached[1])
-        card = trainer_model_card(self, result, has_plot=has_plot, **card_kwargs)
+        card = trainer_model_card(self, result, has_plot=has_plot, folder=folder, **card_kwargs)
         card.save(os.path.join(folder, CARD_FILE))
 
 

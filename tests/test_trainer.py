@@ -513,6 +513,8 @@ def test_trainer_writes_the_card_wherever_it_saves(tmp_path):
     trainer.train()
     checkpoint = Path(args.output_dir) / "checkpoint-2"
     assert "## GradInit" in (checkpoint / "README.md").read_text()
+    # the usage line loads the folder the card is in, not output_dir
+    assert f'from_pretrained("{checkpoint}")' in (checkpoint / "README.md").read_text()
     trainer.create_model_card(language=["de", "en"], results={"test BLEU": 12.5})
     (Path(args.output_dir) / "README.md").unlink()
     trainer.save_model()  # no push: the card is written, with the metadata given before
