@@ -17,7 +17,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
-import math
 import os
 import weakref
 from collections.abc import Callable, Sequence
@@ -38,102 +37,13 @@ from .adapters import (
 from .api import compute_gradinit_scales
 from .arguments import GradInitArguments
 from .config import GradInitConfig, GradInitError
+from .hub import restore_record
+from .log_entries import default_logging_steps, gradinit_log_entries, probe_log_entries
 from .probe_training import Branch, random_state_preserved, train_with_probe
-from .record import SCALES_FILE, drop_stale_record, keep_current, record_in_config, same_run
+from .record import drop_stale_record, keep_current, record_in_config
 from .result import GradInitResult, unwrap_model
 
 logger = logging.getLogger(__name__)
-
-
-# --------------------------------------------------------------------------------------
-# Log entries
-# --------------------------------------------------------------------------------------
-
-
-def default_logging_steps(iterations: int) -> int:
-    """Every iteration up to 100, else about 100 log entries."""
-    return max(1, math.ceil(iterations / 100))
-
-
-def _mean(values: Any) -> float:
-    values = [float(v) for v in values]
-    return sum(values) / len(values) if values else float("nan")
-
-
-def gradinit_log_entries(result: GradInitResult, every: int = 1) -> list[dict[str, float]]:
-    """Entries for ``Trainer.log``: per window of ``every`` iterations the mean loss, gradient
-    norm and loss after the simulated step, then one summary entry (with the probe's
-    losses and ``gradinit/kept``: 1 if the learned scales were applied)."""
-    entries: list[dict[str, float]] = []
-    history = result.history
-    for start in range(0, len(history), every):
-        window = history[start : start + every]
-        entry = {
-            "gradinit/iteration": float(window[-1]["iteration"] + 1),
-            "gradinit/loss": _mean(r["loss"] for r in window),
-            "gradinit/grad_norm": _mean(r["grad_norm"] for r in window),
-        }
-        after = [r["loss_after_step"] for r in window if r["loss_after_step"] is not None]
-        if after:
-            entry["gradinit/loss_after_step"] = _mean(after)
-        entry["gradinit/constraint_fraction"] = _mean(
-            float(r["branch"] == "constraint") for r in window
-        )
-        entry["gradinit/time_s"] = float(sum(r.get("time_s", 0.0) for r in window))
-        entries.append(entry)
-    summary = {
-        f"gradinit/{k}": float(v)
-        for k, v in result.summary().items()
-        if isinstance(v, (int, float)) and not isinstance(v, bool)
-    }
-    summary["gradinit/runtime_s"] = float(result.runtime_s)
-    summary["gradinit/kept"] = float(result.kept)
-    if result.probe is not None:
-        summary["gradinit/probe_learned_score"] = float(result.probe["learned_score"])
-        summary["gradinit/probe_original_score"] = float(result.probe["original_score"])
-    entries.append(summary)
-    return entries
-
-
-def probe_log_entries(
-    branches: dict[str, Branch], winner_history: Sequence[dict[str, Any]]
-) -> list[dict[str, Any]]:
-    """The probe's two curves, one entry at each step where training logged its loss: the
-    mean loss from each init over the steps since the previous entry."""
-    entries, previous = [], 0
-    for entry in winner_history:
-        step = int(entry.get("step", 0))
-        if "loss" not in entry or step <= previous:
-            continue
-        logged = {"step": step, "epoch": entry.get("epoch", 0.0)}
-        for init, branch in branches.items():
-            logged[f"gradinit/probe_{init}_loss"] = _mean(branch.losses[previous:step])
-        entries.append(logged)
-        previous = step
-    return entries
-
-
-def restore_record(model: torch.nn.Module, folder: str | os.PathLike) -> GradInitResult | None:
-    """The GradInit result saved with a checkpoint (``gradinit_scales.json``), put back in
-    the model's ``config.gradinit``: a run resumed from a checkpoint of an initialized run
-    saves models that reload as initialized. None if the folder has no (readable) record or
-    its record is not the run the model's config names."""
-    from .hub import load_gradinit_result
-
-    path = os.path.join(str(folder), SCALES_FILE)
-    if not os.path.isfile(path):
-        return None
-    try:
-        result = load_gradinit_result(path)
-    except ValueError as err:
-        logger.warning("Ignoring %s: %s", path, err)
-        return None
-    entry = getattr(getattr(model, "config", None), "gradinit", None)
-    if entry and not same_run(entry, result.config_entry()):
-        logger.warning("Ignoring %s: it is not the GradInit run the model's config names.", path)
-        return None
-    record_in_config(model, result.config_entry(), result.scales)
-    return result
 
 
 # --------------------------------------------------------------------------------------

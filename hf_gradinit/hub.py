@@ -247,3 +247,24 @@ def save_initialized_checkpoint(
             "Pushed the initialized checkpoint to %s", getattr(commit, "commit_url", repo_id)
         )
     return output_dir
+
+
+def restore_record(model: Any, folder: str | os.PathLike) -> GradInitResult | None:
+    """The GradInit result saved with a checkpoint (``gradinit_scales.json``), put back in
+    the model's ``config.gradinit``: a run resumed from a checkpoint of an initialized run
+    saves models that reload as initialized. None if the folder has no (readable) record or
+    its record is not the run the model's config names."""
+    path = os.path.join(str(folder), SCALES_FILE)
+    if not os.path.isfile(path):
+        return None
+    try:
+        result = load_gradinit_result(path)
+    except ValueError as err:
+        logger.warning("Ignoring %s: %s", path, err)
+        return None
+    entry = getattr(getattr(model, "config", None), "gradinit", None)
+    if entry and not same_run(entry, result.config_entry()):
+        logger.warning("Ignoring %s: it is not the GradInit run the model's config names.", path)
+        return None
+    record_in_config(model, result.config_entry(), result.scales)
+    return result
