@@ -29,13 +29,38 @@ def trainer_compute_loss(trainer: Trainer):
 
 
 def trainer_probe_optimizer(trainer: Trainer, model: torch.nn.Module) -> MakeOptimizer:
-    """The probe's optimizer: the class and settings the trainer will train with, with its
-    weight-decay groups."""
-    if getattr(trainer, "optimizer_cls_and_kwargs", None) is not None:
+    """The optimizer of the probe on copies: the class and settings the trainer will train
+    with (an instance passed to the Trainer: its class and first group's settings), with its
+    weight-decay groups.
+
+    Raises:
+        GradInitError: an optimizer that cannot train copies of the weights (LOMO and
+            AdaLomo step inside backward and take the model; GaLore-style ones take their own
+            parameter groups), before any work.
+    """
+    import inspect
+
+    instance = getattr(trainer.optimizer, "optimizer", trainer.optimizer)
+    if instance is not None:
+        cls = type(instance)
+        accepted = inspect.signature(cls).parameters
+        kwargs = {
+            k: v
+            for k, v in instance.param_groups[0].items()
+            if k in accepted and k not in ("params", "weight_decay")
+        }
+    elif getattr(trainer, "optimizer_cls_and_kwargs", None) is not None:
         cls, kwargs = trainer.optimizer_cls_and_kwargs
     else:
         cls, kwargs = trainer.get_optimizer_cls_and_kwargs(trainer.args, model)
     kwargs = dict(kwargs)
+    if "model" in kwargs or "params" in kwargs:
+        raise GradInitError(
+            f"The probe on copies cannot train with {cls.__name__} (optim="
+            f"{getattr(trainer.args, 'optim', None)!r}): it takes the model or its own "
+            "parameter groups. Call trainer.train() instead of run_gradinit() (there the probe "
+            "is the run itself), or set gradinit_probe_steps=0."
+        )
     decay = set(trainer.get_decay_parameter_names(model))
 
     def make(named: Sequence[tuple[str, torch.Tensor]]) -> torch.optim.Optimizer:

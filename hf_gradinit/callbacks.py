@@ -242,6 +242,9 @@ class GradInitCallback(TrainerCallback):
         batch_size = getattr(trainer.args, "gradinit_batch_size", None) or self.batch_size
         loader = gradinit_dataloader(trainer, batch_size)
         learn_config = config if probe_on_copies else dataclasses.replace(config, probe_steps=0)
+        probe_optimizer = None
+        if learn_config.probe_steps > 0:  # refuses an optimizer it cannot build, before work
+            probe_optimizer = trainer_probe_optimizer(trainer, model)
         logger.info(
             "Running GradInit: %d iterations, inner optimizer %s, eta %g, probe %d steps",
             config.iterations,
@@ -259,7 +262,7 @@ class GradInitCallback(TrainerCallback):
                     learn_config,
                     accelerator=trainer.accelerator,
                     compute_loss=trainer_compute_loss(trainer),
-                    probe_optimizer=trainer_probe_optimizer(trainer, model),
+                    probe_optimizer=probe_optimizer,
                     show_progress=not trainer.args.disable_tqdm and trainer.is_local_process_zero(),
                 )
         finally:

@@ -384,3 +384,62 @@ def test_a_second_train_call_does_not_run_gradinit_again(tmp_path):
     assert callback.result is first
     for n, p in trainer.model.named_parameters():
         torch.testing.assert_close(p, weights[n])
+
+
+# --------------------------------------------------------------------------------------
+# The optimizer training uses: instances, optimizer_cls_and_kwargs
+# --------------------------------------------------------------------------------------
+
+
+def test_eta_follows_an_optimizer_instance_passed_to_the_trainer(tmp_path):
+    """transformers#18635 kind: Trainer(optimizers=(SGD, scheduler)) trains SGD at 0.05; GradInit
+    simulates that, not Adam at args.learning_rate."""
+    model = tiny_bert_classifier()
+    sgd = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    callback = GradInitCallback(GradInitConfig(iterations=2, probe_steps=0))
+    trainer = Trainer(
+        model=model, args=_training_args(tmp_path, learning_rate=5e-5),
+        train_dataset=classification_examples(24), callbacks=[callback], optimizers=(sgd, None),
+    )  # fmt: skip
+    config = callback.config_for(trainer)
+    assert config.inner_optimizer == "sgd"
+    assert config.eta == pytest.approx(0.05 / (1 - 0.9))
+
+
+@pytest.mark.parametrize(
+    "cls, kwargs, inner, eta",
+    [
+        (torch.optim.RAdam, {"lr": 1e-3}, "adam", 1e-3),
+        (torch.optim.RAdam, {}, "adam", 1e-3),  # the class's default lr
+        (torch.optim.SGD, {"lr": 0.05, "momentum": 0.9}, "sgd", 0.5),
+    ],
+)
+def test_eta_follows_optimizer_cls_and_kwargs(tmp_path, cls, kwargs, inner, eta):
+    callback = GradInitCallback(GradInitConfig(iterations=2, probe_steps=0))
+    trainer = GradInitTrainer(
+        model=tiny_marian(), args=_gradinit_args(tmp_path, learning_rate=5e-5),
+        train_dataset=seq2seq_examples(12), optimizer_cls_and_kwargs=(cls, kwargs),
+        callbacks=[callback],
+    )  # fmt: skip
+    config = trainer.gradinit_callback.config_for(trainer)
+    assert (config.inner_optimizer, config.eta) == (inner, pytest.approx(eta))
+
+
+def test_the_copy_probe_refuses_an_optimizer_it_cannot_build_before_any_work(tmp_path):
+    """LOMO kind: the optimizer takes the model; run_gradinit's probe on copies cannot use it."""
+
+    class TakesTheModel(torch.optim.SGD):
+        def __init__(self, params, lr=0.1, model=None):
+            super().__init__(params, lr=lr)
+
+    model = tiny_marian()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    trainer = GradInitTrainer(
+        model=model, args=_gradinit_args(tmp_path, gradinit_probe_steps=2),
+        train_dataset=seq2seq_examples(12),
+        optimizer_cls_and_kwargs=(TakesTheModel, {"lr": 0.1, "model": model}),
+    )  # fmt: skip
+    with pytest.raises(GradInitError, match="TakesTheModel.*trainer.train"):
+        trainer.run_gradinit()
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, before[name]), name
