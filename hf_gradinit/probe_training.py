@@ -45,15 +45,19 @@ PROBE_FOLDER = "gradinit-probe"  # under output_dir, removed after the decision
 # --------------------------------------------------------------------------------------
 
 
+_GENERATORS = (torch.Generator, np.random.Generator, random.Random)
+
+
 def _generators(obj: Any, depth: int = 2) -> list[tuple[Any, str, Any]]:
-    """The random generators an object (a data collator) keeps in its attributes: a seeded
-    ``DataCollatorForLanguageModeling`` draws its masks from its own generator."""
+    """The random generators an object (a data collator) keeps in its attributes, and its
+    attributes that are None (a seeded ``DataCollatorForLanguageModeling`` creates its
+    generator on first use): ``(owner, name, value)``."""
     found: list[tuple[Any, str, Any]] = []
     attributes = getattr(obj, "__dict__", None)
     if not isinstance(attributes, dict):
         return found
     for name, value in attributes.items():
-        if isinstance(value, (torch.Generator, np.random.Generator, random.Random)):
+        if value is None or isinstance(value, _GENERATORS):
             found.append((obj, name, value))
         elif depth > 0 and hasattr(value, "__dict__") and not isinstance(value, torch.nn.Module):
             found.extend(_generators(value, depth - 1))
@@ -86,12 +90,15 @@ class RandomState:
     numpy: Any
     torch_cpu: torch.Tensor
     cuda: list[torch.Tensor] | None
-    collator: list[tuple[Any, Any]]
+    collator: list[tuple[Any, str, Any, Any]]  # owner, attribute, generator (or None), state
 
     @classmethod
     def capture(cls, collator: Any = None) -> RandomState:
         cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
-        gens = [(g, _generator_state(g)) for _, _, g in _generators(collator)]
+        gens = [
+            (owner, name, g, None if g is None else _generator_state(g))
+            for owner, name, g in _generators(collator)
+        ]
         return cls(random.getstate(), np.random.get_state(), torch.get_rng_state(), cuda, gens)
 
     def restore(self) -> None:
@@ -100,8 +107,15 @@ class RandomState:
         torch.set_rng_state(self.torch_cpu)
         if self.cuda is not None:
             torch.cuda.set_rng_state_all(self.cuda)
-        for g, state in self.collator:
-            _set_generator_state(g, state)
+        self.restore_collator()
+
+    def restore_collator(self) -> None:
+        for owner, name, g, state in self.collator:
+            if g is not None:
+                _set_generator_state(g, state)
+                setattr(owner, name, g)
+            elif isinstance(getattr(owner, name, None), _GENERATORS):
+                setattr(owner, name, None)  # made since: made again, from its seed
 
 
 @contextlib.contextmanager
@@ -182,6 +196,7 @@ class Branch:
     checkpoint: str | None = None
     log_history: list[dict[str, Any]] = field(default_factory=list)
     metrics: dict | None = None  # a trl trainer's unflushed metrics at step N
+    collator_state: RandomState | None = None  # the collator's generators after its batches
 
 
 class _BranchControl(TrainerCallback):
@@ -191,11 +206,18 @@ class _BranchControl(TrainerCallback):
 
     def __init__(self, trainer: Trainer, branch: Branch, steps: int, progress: Any) -> None:
         self.trainer, self.branch, self.steps, self.progress = trainer, branch, steps, progress
+        self.trainer_collator = trainer.data_collator
         self.step_loss: torch.Tensor | float = 0.0
         self.losses: list[torch.Tensor | float] = []
+        self.batches = 0  # micro-batches trained
+        self.collator_states: list[RandomState] = []  # after each batch the collator made
 
     def add(self, loss: torch.Tensor) -> None:
         self.step_loss = self.step_loss + loss.detach().float()
+        self.batches += 1
+
+    def collated(self) -> None:
+        self.collator_states.append(RandomState.capture(self.trainer_collator))
 
     def on_step_end(self, args, state, control, **kwargs):
         self.losses.append(self.step_loss)
@@ -230,14 +252,26 @@ def _branch_mode(trainer: Trainer, control: _BranchControl, folder: str) -> Iter
         control.add(loss)
         return loss
 
+    collator = trainer.data_collator
+
+    def collate(*a: Any, **k: Any) -> Any:
+        batch = collator(*a, **k)
+        control.collated()
+        return batch
+
     own_step = trainer.__dict__.get("training_step")  # an instance attribute, if any
     args.output_dir, args.push_to_hub, args.save_only_model = folder, False, False
     args.save_total_limit = None
     handler.callbacks = [*(flow or [DefaultFlowCallback()]), control]
     trainer.training_step = training_step
+    if getattr(collator, "seed", None) is not None or any(
+        g is not None for *_, g in _generators(collator)
+    ):  # a collator with random streams of its own (a seeded MLM collator)
+        trainer.data_collator = collate
     try:
         yield
     finally:
+        trainer.data_collator = collator
         if own_step is None:
             del trainer.training_step  # the class's method again
         else:
@@ -269,6 +303,10 @@ def run_branch(
     branch.checkpoint = os.path.join(folder, f"checkpoint-{trainer.state.global_step}")
     if trainer.state.global_step < steps:
         branch.checkpoint = None  # the loop stopped early (an iterable dataset ran out)
+    if control.batches and len(control.collator_states) >= control.batches:
+        # the resumed run skips the consumed batches without collating them: its collator
+        # starts where this branch's stood after its last trained batch
+        branch.collator_state = control.collator_states[control.batches - 1]
     branch.log_history = [
         dict(e)
         for e in trainer.state.log_history
@@ -341,6 +379,8 @@ def train_with_probe(
             )
             winner = branches[record["decision"]]
             start.restore(trainer, weights=False)
+            if winner.collator_state is not None:
+                winner.collator_state.restore_collator()
             trainer._load_from_checkpoint(winner.checkpoint)  # the Trainer's own loading
             if winner.metrics is not None and _metrics_of(trainer) is not None:
                 _metrics_of(trainer).update(copy.deepcopy(winner.metrics))

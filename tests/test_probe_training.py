@@ -214,3 +214,96 @@ def test_gradinit_trainer_runs_the_same_probe_and_saves_the_winner(tmp_path):
     trainer.save_model()
     assert (tmp_path / "out" / "gradinit_scales.json").is_file()
     assert not (tmp_path / "out" / "gradinit-probe").exists()
+
+
+# --------------------------------------------------------------------------------------
+# What training sees is what it sees without GradInit
+# --------------------------------------------------------------------------------------
+
+
+def _mlm_run(tmp_path, probe_steps: int | None):
+    """BERT MLM with a seeded DataCollatorForLanguageModeling; returns the labels (the
+    collator's masks) of every batch training_step sees. None: no GradInit."""
+    import random
+
+    from testing_utils import VOCAB, tiny_tokenizer
+    from transformers import BertConfig, BertForMaskedLM, DataCollatorForLanguageModeling
+
+    tokenizer = tiny_tokenizer()
+    tokenizer.add_special_tokens({"mask_token": "<unk>"})
+    rng = random.Random(0)
+    words = "ich du er wir sie haus baum hund katze buch".split()  # noqa: SIM905
+    data = [tokenizer(" ".join(rng.choice(words) for _ in range(8))) for _ in range(48)]
+    torch.manual_seed(0)
+    model = BertForMaskedLM(
+        BertConfig(
+            vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+            intermediate_size=64, max_position_embeddings=32,
+        )
+    )  # fmt: skip
+    collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.3, seed=123)
+    callbacks = []
+    if probe_steps is not None:
+        callbacks = [GradInitCallback(GradInitConfig(iterations=2, probe_steps=probe_steps))]
+    trainer = Trainer(
+        model=model,
+        args=training_args(tmp_path / str(probe_steps), TrainingArguments, max_steps=5),
+        train_dataset=data, data_collator=collator, callbacks=callbacks,
+    )  # fmt: skip
+    seen = []
+    real = trainer.training_step
+
+    def record(model, inputs, *a, **k):
+        seen.append(inputs["labels"].clone())
+        return real(model, inputs, *a, **k)
+
+    trainer.training_step = record
+    trainer.train()
+    return seen
+
+
+def test_a_seeded_collator_gives_training_the_same_masks_with_gradinit_on_and_off(tmp_path):
+    """GradInit's own batches and the probe's branches leave the collator's generator where
+    training without GradInit has it: each branch and the run after the probe see the masks
+    of the run without GradInit, batch for batch."""
+    plain = _mlm_run(tmp_path, None)
+    assert len(plain) == 5
+    no_probe = _mlm_run(tmp_path, 0)
+    assert all(torch.equal(a, b) for a, b in zip(plain, no_probe, strict=True))
+    probe = _mlm_run(tmp_path, 2)  # original branch 1-2, learned branch 1-2, then 3-5
+    expected = plain[:2] + plain[:2] + plain[2:]
+    assert [torch.equal(a, b) for a, b in zip(expected, probe, strict=True)] == [True] * 7
+
+
+def test_sft_trainer_entries_carry_only_their_own_metrics(tmp_path):
+    """trl#5800 kind: GradInit's step-0 entries hold GradInit's metrics only, and training's
+    first entry keeps trl's own (mean_token_accuracy, entropy, num_tokens)."""
+    datasets = pytest.importorskip("datasets")
+    trl = pytest.importorskip("trl")
+    from testing_utils import tiny_tokenizer
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    texts = ["ich sieht hund", "du liest buch", "er hat katze", "wir kauft haus rot"] * 6
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(
+        GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=2, n_positions=32)
+    )
+    args = trl.SFTConfig(
+        output_dir=str(tmp_path), max_steps=4, per_device_train_batch_size=6, report_to="none",
+        use_cpu=True, logging_steps=1, disable_tqdm=True, max_length=16, learning_rate=5e-3,
+        bf16=False,
+    )  # fmt: skip
+    trainer = trl.SFTTrainer(
+        model=model, args=args, processing_class=tiny_tokenizer(),
+        train_dataset=datasets.Dataset.from_dict({"text": texts}),
+        callbacks=[GradInitCallback(GradInitConfig(iterations=2, probe_steps=2))],
+    )  # fmt: skip
+    trainer.train()
+    history = trainer.state.log_history
+    gradinit = [e for e in history if any(k.startswith("gradinit/") for k in e)]
+    training = [e for e in history if "loss" in e]
+    assert gradinit and len(training) == 4
+    for entry in gradinit:
+        assert set(entry) <= {"step", "epoch"} | {k for k in entry if k.startswith("gradinit/")}
+    for entry in training:
+        assert {"mean_token_accuracy", "entropy", "num_tokens"} <= set(entry), entry
