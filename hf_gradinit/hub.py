@@ -252,10 +252,21 @@ def save_initialized_checkpoint(
 def restore_record(model: Any, folder: str | os.PathLike) -> GradInitResult | None:
     """The GradInit result saved with a checkpoint (``gradinit_scales.json``), put back in
     the model's ``config.gradinit``: a run resumed from a checkpoint of an initialized run
-    saves models that reload as initialized. None if the folder has no (readable) record or
-    its record is not the run the model's config names."""
+    saves models that reload as initialized. A checkpoint of a plain ``Trainer`` with the
+    callback has no scales file: the record in its ``config.json`` is put back instead (and
+    None returned). None also if the record is not the run the model's config names."""
     path = os.path.join(str(folder), SCALES_FILE)
     if not os.path.isfile(path):
+        config = getattr(model, "config", None)
+        saved = os.path.join(str(folder), "config.json")
+        if (
+            config is not None
+            and getattr(config, CONFIG_KEY, None) is None
+            and os.path.isfile(saved)
+        ):
+            entry = json.loads(Path(saved).read_text()).get(CONFIG_KEY)
+            if isinstance(entry, dict):
+                setattr(config, CONFIG_KEY, entry)
         return None
     try:
         result = load_gradinit_result(path)

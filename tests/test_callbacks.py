@@ -443,3 +443,28 @@ def test_the_copy_probe_refuses_an_optimizer_it_cannot_build_before_any_work(tmp
         trainer.run_gradinit()
     for name, value in model.state_dict().items():
         assert torch.equal(value, before[name]), name
+
+
+def test_resume_through_the_callback_restores_the_record(tmp_path):
+    """transformers#33336 kind: run 2 rebuilds the model from its config and resumes from
+    run 1's checkpoint; GradInit does not run again, and the model saved at the end reloads
+    as initialized (so a later GradInit-enabled run does not rescale trained weights)."""
+    from hf_gradinit.record import initialization_state
+
+    data = classification_examples(24)
+    callback = GradInitCallback(GradInitConfig(iterations=2, probe_steps=0))
+    args = _training_args(tmp_path, save_strategy="steps", save_steps=2, max_steps=2)
+    Trainer(
+        model=tiny_bert_classifier(), args=args, train_dataset=data, callbacks=[callback]
+    ).train()
+    checkpoint = tmp_path / "out" / "checkpoint-2"
+    assert (checkpoint / "config.json").is_file()
+    fresh = type(tiny_bert_classifier())(tiny_bert_classifier().config)
+    again = GradInitCallback(GradInitConfig(iterations=2, probe_steps=0))
+    args = _training_args(tmp_path, save_strategy="no", max_steps=4)
+    trainer = Trainer(model=fresh, args=args, train_dataset=data, callbacks=[again])
+    trainer.train(resume_from_checkpoint=str(checkpoint))
+    assert again.result is None  # not run again
+    trainer.save_model(str(tmp_path / "final"))
+    reloaded = type(fresh).from_pretrained(tmp_path / "final")
+    assert initialization_state(reloaded) == "initialized"
