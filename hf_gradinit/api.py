@@ -26,7 +26,7 @@ from .core.probe import MakeOptimizer, probe
 from .core.problem import ComputeLoss, ScaledModel, gradinit_mode, model_device
 from .core.selection import tensor_kind
 from .data import make_dataloader
-from .record import check_not_initialized
+from .record import check_not_initialized, loaded_weights_reason
 from .result import GradInitResult, unwrap_model
 
 logger = logging.getLogger(__name__)
@@ -258,6 +258,15 @@ def apply_gradinit(
     """
     model = unwrap_model(model)
     check_not_initialized(model, warn_stale=True)
+    loaded = loaded_weights_reason(model)
+    if loaded:
+        warnings.warn(
+            f"apply_gradinit on a model whose weights are not an init: {loaded}. GradInit "
+            "rescales them all (adapters and trained weights alike); it is meant for a model "
+            "built from a config.",
+            UserWarning,
+            stacklevel=2,
+        )
     if accelerator is None:
         from accelerate import PartialState
 

@@ -301,6 +301,13 @@ class GradInitTrainingArguments(GradInitArguments, Seq2SeqTrainingArguments):
             "about 100 log entries)."
         },
     )
+    gradinit_on_loaded_weights: bool = field(
+        default=False,
+        metadata={
+            "help": "Run GradInit on weights loaded from a checkpoint (from_pretrained) or on a "
+            "PEFT model. Off: GradInit is an init, and a fine-tuning run skips it with a log line."
+        },
+    )
 
     def __post_init__(self) -> None:
         Seq2SeqTrainingArguments.__post_init__(self)

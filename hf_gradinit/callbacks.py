@@ -40,7 +40,7 @@ from .config import GradInitConfig, GradInitError
 from .hub import restore_record
 from .log_entries import default_logging_steps, gradinit_log_entries, probe_log_entries
 from .probe_training import Branch, random_state_preserved, train_with_probe
-from .record import drop_stale_record, keep_current, record_in_config
+from .record import drop_stale_record, keep_current, loaded_weights_reason, record_in_config
 from .result import GradInitResult, unwrap_model
 
 logger = logging.getLogger(__name__)
@@ -168,7 +168,8 @@ class GradInitCallback(TrainerCallback):
         reason = self.skip_reason(trainer, model, resume_from_checkpoint)
         if reason is not None:
             if reason != "off":
-                logger.info("Not running GradInit: %s.", reason)
+                log = logger.warning if reason.startswith("GradInit is an init") else logger.info
+                log("Not running GradInit: %s.", reason)
             return inner_loop(resume_from_checkpoint=resume_from_checkpoint, **loop_kwargs)
         config = self.config_for(trainer)
         horizon = training_steps(trainer)
@@ -228,6 +229,12 @@ class GradInitCallback(TrainerCallback):
             return "the model is already GradInit-initialized (its config.gradinit)"
         if not self.enabled(trainer.args):
             return "off"
+        loaded = loaded_weights_reason(model)
+        if loaded and not getattr(trainer.args, "gradinit_on_loaded_weights", False):
+            return (
+                f"GradInit is an init, not a fine-tuning step, and {loaded} (set "
+                "gradinit_on_loaded_weights=True in GradInitTrainingArguments to run it anyway)"
+            )
         return None
 
     def learn(

@@ -237,3 +237,15 @@ def same_run(entry: Mapping[str, Any], other: Mapping[str, Any]) -> bool:
         return json.loads(json.dumps(value))
 
     return all(plain(entry.get(k)) == plain(other.get(k)) for k in ("settings", "summary"))
+
+
+def loaded_weights_reason(model: Any) -> str | None:
+    """Why ``model``'s weights are not an init, or None: a PEFT model (adapters on a base
+    model), or parameters that ``from_pretrained`` loaded from a checkpoint (transformers marks
+    them ``_is_hf_initialized``; a model built from a config has none)."""
+    if hasattr(model, "peft_config"):
+        return "it is a PEFT model (adapters on a trained base model)"
+    params = getattr(model, "parameters", None)
+    if callable(params) and any(getattr(p, "_is_hf_initialized", False) for p in params()):
+        return "its weights were loaded from a checkpoint (from_pretrained)"
+    return None

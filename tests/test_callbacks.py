@@ -468,3 +468,54 @@ def test_resume_through_the_callback_restores_the_record(tmp_path):
     trainer.save_model(str(tmp_path / "final"))
     reloaded = type(fresh).from_pretrained(tmp_path / "final")
     assert initialization_state(reloaded) == "initialized"
+
+
+# --------------------------------------------------------------------------------------
+# GradInit is an init: trained weights and adapters are left alone
+# --------------------------------------------------------------------------------------
+
+
+def _first_step_weights_after_training(tmp_path, model, args, caplog):
+    spy = _FirstStepWeights()
+    trainer = Trainer(
+        model=model, args=args, train_dataset=classification_examples(24),
+        callbacks=[GradInitCallback(GradInitConfig(**FAST)), spy],
+    )  # fmt: skip
+    with caplog.at_level("WARNING", logger="hf_gradinit"):
+        trainer.train()
+    return spy.weights
+
+
+def test_a_model_loaded_with_from_pretrained_is_not_rescaled(tmp_path, caplog):
+    """mflux#739 kind: a fine-tuning script that kept the callback; the trained weights reach
+    the first step unchanged, with one log line saying why and how to force it."""
+    trained = tiny_bert_classifier()
+    trained.save_pretrained(tmp_path / "trained")
+    model = type(trained).from_pretrained(tmp_path / "trained")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    first = _first_step_weights_after_training(tmp_path, model, _training_args(tmp_path), caplog)
+    assert all(torch.equal(first[n], before[n]) for n in before)
+    assert "loaded from a checkpoint" in caplog.text and "gradinit_on_loaded_weights" in caplog.text
+    # forced: it runs
+    model = type(trained).from_pretrained(tmp_path / "trained")
+    args = _gradinit_args(tmp_path, gradinit_on_loaded_weights=True)
+    first = _first_step_weights_after_training(tmp_path, model, args, caplog)
+    assert any(not torch.equal(first[n], before[n]) for n in before)
+
+
+def test_a_peft_model_is_not_rescaled_and_apply_gradinit_warns(tmp_path, caplog):
+    """peft#1402 kind: neither the LoRA tensors nor the modules_to_save copy are scaled."""
+    peft = pytest.importorskip("peft")
+    from hf_gradinit import apply_gradinit
+
+    base = tiny_bert_classifier()
+    lora = peft.LoraConfig(task_type="SEQ_CLS", r=4, target_modules=["query", "value"])
+    model = peft.get_peft_model(base, lora)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    first = _first_step_weights_after_training(tmp_path, model, _training_args(tmp_path), caplog)
+    assert all(torch.equal(first[n], before[n]) for n in first if n in before)
+    assert "PEFT model" in caplog.text
+    with pytest.warns(UserWarning, match="PEFT model"):
+        apply_gradinit(
+            model, classification_examples(12), GradInitConfig(**FAST), show_progress=False
+        )
