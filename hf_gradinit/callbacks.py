@@ -385,6 +385,10 @@ class GradInitCallback(TrainerCallback):
             self._probe_loss_sum = None
         self._emit(trainer, state, control)
 
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.max_steps and state.global_step >= state.max_steps:
+            self._flush(state, control)  # the probe was the whole run: no step, no epoch left
+
     def on_epoch_begin(self, args, state, control, **kwargs):
         self._flush(state, control)
 

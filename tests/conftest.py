@@ -37,7 +37,8 @@ def hub(monkeypatch):
 
     def create_repo(self, repo_id, *args, **kwargs):
         record["repos"].append(repo_id)
-        return RepoUrl(f"https://huggingface.co/{repo_id}")
+        full = repo_id if "/" in repo_id else f"user/{repo_id}"  # the Hub adds the namespace
+        return RepoUrl(f"https://huggingface.co/{full}")
 
     def upload_folder(self, *, repo_id, folder_path, **kwargs):
         ignore = kwargs.get("ignore_patterns") or []

@@ -135,6 +135,10 @@ def test_branches_and_the_run_equal_plain_trainer_runs(tmp_path, monkeypatch, se
     _assert_close(logged, plain, "the run's logged losses")
     _assert_same_weights(model.state_dict(), plain_weights)
     assert trainer.state.global_step == args["max_steps"]
+    # one summary entry, whose train_loss covers the whole run, the probe's steps included
+    summaries = [e for e in trainer.state.log_history if "train_loss" in e]
+    assert len(summaries) == 1
+    assert summaries[0]["train_loss"] == pytest.approx(sum(plain) / len(plain), rel=1e-5)
     # the loser's curve is logged as gradinit/*, at the steps training logged
     curves = [e for e in trainer.state.log_history if "gradinit/probe_original_loss" in e]
     assert [e["step"] for e in curves] == list(range(1, probe_steps + 1))
