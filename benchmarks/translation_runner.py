@@ -244,9 +244,11 @@ class StudyTrainer(run.TranslationTrainer):
 
 def run_argv(rest: list[str]) -> list[str]:
     """run.py's arguments: ``rest`` (an arguments file first), with the records' batches
-    (``group_by_length``, here :class:`LengthBucketSampler`) unless it names a strategy."""
+    (``group_by_length``, here :class:`LengthBucketSampler`) unless it names a strategy, and
+    one CPU thread (the study runs side by side) unless it names a number."""
     files = rest[:1] if rest and rest[0].lower().endswith((".json", ".yaml", ".yml")) else []
-    return [*files, "--train_sampling_strategy", "group_by_length", *rest[len(files) :]]
+    threads = [] if "--cpu_threads" in rest else ["--cpu_threads", "1"]  # runs side by side
+    return [*files, "--train_sampling_strategy", "group_by_length", *threads, *rest[len(files) :]]
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

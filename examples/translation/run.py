@@ -31,6 +31,7 @@ from typing import Any
 
 import datasets
 import numpy as np
+import torch
 import yaml
 from sacrebleu.metrics import BLEU
 from torch.utils.data import SequentialSampler
@@ -99,6 +100,13 @@ class ModelArguments:
     tokenizer_name: str | None = field(default=None, metadata={"help": "A local tokenizer."})
     vocab_size: int = field(default=4000, metadata={"help": "Size of the trained vocabulary."})
     cache_dir: str | None = field(default=None, metadata={"help": "The `datasets` cache."})
+    cpu_threads: int = field(
+        default=0,
+        metadata={
+            "help": "PyTorch threads of a one-process CPU run (0: every core this process may "
+            "use; `accelerate launch` would give it one)."
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.config_name is None and self.model_type not in MODEL_TYPES:
@@ -308,6 +316,8 @@ def main(
     if training_args.should_save:
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "all_results.json").unlink(missing_ok=True)  # no stale results
+    if training_args.device.type == "cpu" and training_args.world_size == 1:
+        torch.set_num_threads(model_args.cpu_threads or len(os.sched_getaffinity(0)))
     set_seed(training_args.seed)
     src, tgt = data_args.source_lang, data_args.target_lang
     bleu = make_bleu(tgt, data_args.bleu_tokenize)  # before any work: it may need an extra
