@@ -221,9 +221,12 @@ class _BranchControl(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         self.losses.append(self.step_loss)
-        self.step_loss = 0.0
         if self.progress is not None:
+            self.progress.set_postfix(
+                {"step": state.global_step, "loss": f"{float(self.step_loss):.4g}"}, refresh=False
+            )
             self.progress.update(1)
+        self.step_loss = 0.0
         if state.global_step >= self.steps:
             control.should_training_stop = True
             control.should_save = True
