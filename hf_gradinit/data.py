@@ -19,8 +19,7 @@ import torch
 from torch import nn
 
 from .config import GradInitError
-
-_LABEL_NAMES = ("labels", "label", "label_ids", "start_positions", "end_positions")
+from .core.batches import LABEL_NAMES
 
 
 @dataclasses.dataclass
@@ -70,7 +69,7 @@ def forward_arg_names(model: nn.Module) -> set[str] | None:
     """Named arguments of forward (as the Trainer keeps them); None: keep every column."""
     params = inspect.signature(model.forward).parameters
     named = {n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
-    return named | set(_LABEL_NAMES) if named else None
+    return named | set(LABEL_NAMES) if named else None
 
 
 def make_dataloader(

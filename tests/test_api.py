@@ -268,7 +268,7 @@ def test_batches_without_labels():
     model = tiny_marian()
     before = snapshot(model)
     data = [{k: v for k, v in ex.items() if k != "labels"} for ex in seq2seq_examples(24)]
-    with pytest.raises(GradInitError, match="no labels"):
+    with pytest.raises(GradInitError, match="none of the label keys"):
         _run(model, data=data)
     assert_same_weights(model, before)
 
@@ -554,3 +554,26 @@ def test_the_probe_keeps_the_original_init_when_gradinits_objective_did_not_impr
     result = compute_gradinit_scales(tiny_marian(), [seq2seq_batch(9)], config, show_progress=False)
     assert result.probe["decision"] == "original" and "did not improve" in result.probe["reason"]
     assert set(result.scales.values()) == {1.0}
+
+
+def test_an_error_on_a_qa_batch_does_not_say_it_has_no_labels():
+    """start_positions/end_positions are a QA model's labels: a forward that fails for another
+    reason (token type ids out of range here) gets the real error, not a labels hint."""
+    from transformers import BertConfig, BertForQuestionAnswering
+
+    model = BertForQuestionAnswering(
+        BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                   intermediate_size=64, type_vocab_size=2)
+    )  # fmt: skip
+    batch = {
+        "input_ids": torch.randint(4, 64, (6, 8)),
+        "token_type_ids": torch.full((6, 8), 5),
+        "start_positions": torch.zeros(6, dtype=torch.long),
+        "end_positions": torch.ones(6, dtype=torch.long),
+    }
+    with pytest.raises(GradInitError) as info:
+        compute_gradinit_scales(model, [batch], GradInitConfig(iterations=1, probe_steps=0))
+    assert "label keys" not in str(info.value) and "index" in str(info.value).lower()
+    del batch["start_positions"], batch["end_positions"]
+    with pytest.raises(GradInitError, match="none of the label keys.*start_positions"):
+        compute_gradinit_scales(model, [batch], GradInitConfig(iterations=1, probe_steps=0))

@@ -17,6 +17,8 @@ from ..config import GradInitError
 
 # Keys whose first dimension is the batch, looked at first (a per-batch tensor such as a
 # (1, L) position_ids must not decide the batch size).
+# The keys a batch's labels go by in transformers' models (QA models: the answer span).
+LABEL_NAMES = ("labels", "label", "label_ids", "start_positions", "end_positions")
 _BATCH_KEYS = ("labels", "input_ids", "pixel_values", "input_values", "inputs_embeds")
 
 

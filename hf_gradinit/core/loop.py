@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from ..config import GradInitConfig, GradInitError
-from .batches import UnsplittableBatch, split_batch, to_device
+from .batches import LABEL_NAMES, UnsplittableBatch, split_batch, to_device
 from .optimizer import ScaleAdam
 from .problem import ScaledModel
 
@@ -160,10 +160,12 @@ class _Loop:
                     "forward's arguments: rename the columns, or wrap a model whose forward "
                     "takes positional inputs (an nn.Sequential) in a module that takes named ones."
                 )
-            elif isinstance(batch, Mapping) and not set(batch) & {"labels", "label", "label_ids"}:
+            elif isinstance(batch, Mapping) and not set(batch) & set(LABEL_NAMES):
                 hint = (
-                    " The batch has no labels: GradInit needs batches the model computes a "
-                    "loss from (e.g. `labels`), or a `loss_fn`."
+                    f" The batch has none of the label keys ({', '.join(LABEL_NAMES)}): "
+                    "GradInit needs batches the model computes a loss from (keep the labels "
+                    "column; a collator that pads labels, such as DataCollatorForSeq2Seq, needs "
+                    "it in the dataset), or a `loss_fn`."
                 )
             raise GradInitError(
                 "The model's forward/backward failed on the first GradInit batch (keys "

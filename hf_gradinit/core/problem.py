@@ -25,8 +25,6 @@ from .selection import find_scaled_tensors, find_tied_input_output
 # compute_loss(model, batch) -> scalar: called with the model's tensors swapped in.
 ComputeLoss = Callable[[nn.Module, Mapping[str, Any]], torch.Tensor]
 
-_LABEL_NAMES = ("labels", "label", "label_ids", "start_positions", "end_positions")
-
 
 def default_compute_loss(model: nn.Module, batch: Mapping[str, Any]) -> torch.Tensor:
     """``model(**batch)`` and the loss it returns: ``outputs.loss``, ``outputs["loss"]``,
