@@ -40,7 +40,13 @@ from .config import GradInitConfig, GradInitError
 from .hub import restore_record
 from .log_entries import default_logging_steps, gradinit_log_entries, probe_log_entries
 from .probe_training import Branch, random_state_preserved, train_with_probe
-from .record import drop_stale_record, keep_current, loaded_weights_reason, record_in_config
+from .record import (
+    already_initialized_message,
+    drop_stale_record,
+    keep_current,
+    loaded_weights_reason,
+    record_in_config,
+)
 from .result import GradInitResult, unwrap_model
 
 logger = logging.getLogger(__name__)
@@ -290,11 +296,7 @@ class GradInitCallback(TrainerCallback):
         Refuses a model that is already initialized (scales would compound)."""
         model = unwrap_model(model if model is not None else trainer.model)
         if drop_stale_record(model) in ("initialized", "unverified"):
-            raise GradInitError(
-                "This model is already GradInit-initialized (its model.config.gradinit "
-                "matches its weights); running GradInit again would compound the scales. "
-                "Train it as it is."
-            )
+            raise GradInitError(already_initialized_message())
         config = self.config_for(trainer)
         horizon = training_steps(trainer)
         if horizon is not None:

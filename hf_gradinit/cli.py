@@ -202,7 +202,7 @@ def run_init(a: InitArguments, g: GradInitArguments) -> Path:
 
     from .api import apply_gradinit
     from .hub import check_push_target, default_repo_id
-    from .record import is_initialized
+    from .record import already_initialized_message, is_initialized
 
     if a.learning_rate is None and g.gradinit_eta is None:
         raise CliError("Give --learning_rate (the one you will train with) or --gradinit_eta.")
@@ -229,11 +229,7 @@ def run_init(a: InitArguments, g: GradInitArguments) -> Path:
     tokenizer = load_tokenizer(a.model_path)
     model = load_model(a.model_path, task, a.seed)
     if is_initialized(model):  # decided from the weights, as everywhere (hf_gradinit.record)
-        raise CliError(
-            f"--model_path {a.model_path} holds a model that is already GradInit-initialized "
-            "(its config.gradinit matches its weights): train from it as it is. Running "
-            "GradInit again would compound the scales."
-        )
+        raise CliError(already_initialized_message(f"The model in --model_path {a.model_path}"))
     if task == "seq2seq":
         if not getattr(model.config, "is_encoder_decoder", False):
             raise CliError(

@@ -213,6 +213,15 @@ def drop_stale_record(model: Any) -> State:
     return state
 
 
+def already_initialized_message(what: str = "This model") -> str:
+    """The one refusal text for a model whose weights are already GradInit-initialized."""
+    return (
+        f"{what} is already GradInit-initialized (its config.gradinit matches its weights); "
+        "running GradInit again would compound the scales. Train it as it is. To run GradInit "
+        "on these weights anyway, delete the record first: `del model.config.gradinit`."
+    )
+
+
 def check_not_initialized(model: Any, *, warn_stale: bool = False) -> None:
     """Raise a :class:`GradInitError` before scales are applied to a model whose weights are
     already GradInit-initialized (scaling twice would compound the scales); ``warn_stale``:
@@ -221,12 +230,7 @@ def check_not_initialized(model: Any, *, warn_stale: bool = False) -> None:
     if state == "stale" and warn_stale:
         logger.warning("%s. It will be replaced by this run's record.", _STALE)
     if state in ("initialized", "unverified"):
-        raise GradInitError(
-            "This model is already GradInit-initialized (model.config.gradinit matches its "
-            "weights); applying scales again would compound them. Train it as it is. To run "
-            "GradInit on these weights anyway, delete the record first: "
-            "`del model.config.gradinit`."
-        )
+        raise GradInitError(already_initialized_message())
 
 
 def same_run(entry: Mapping[str, Any], other: Mapping[str, Any]) -> bool:

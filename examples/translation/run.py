@@ -18,6 +18,7 @@ import os
 # runs other work too. Set OMP_WAIT_POLICY yourself to override (before torch is imported).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import dataclasses
 import functools
 import json
 import logging
@@ -182,7 +183,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Any, ...]:
             raise UsageError(f"Arguments file {path} does not exist.")
         load = json.loads if path.suffix.lower() == ".json" else yaml.safe_load
         values = load(path.read_text(encoding="utf-8"))
-        unknown = sorted(set(values) - {action.dest for action in parser._actions})
+        known = {f.name for kind in parser.dataclass_types for f in dataclasses.fields(kind)}
+        unknown = sorted(set(values) - known)
         if unknown:
             raise UsageError(f"Unknown arguments in {path}: {', '.join(unknown)}.")
         defaults.update(values)

@@ -25,6 +25,7 @@ from .optimizer import ScaleAdam
 from .problem import ScaledModel
 
 # Averages tensors in place across processes (None: one process).
+# reduce(tensors): averages them in place across processes (None on one process).
 Reduce = Callable[[list[torch.Tensor]], None]
 
 # Consecutive batches too small to split that end the phase with an error.

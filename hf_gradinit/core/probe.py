@@ -27,11 +27,11 @@ import torch
 
 from ..config import GradInitConfig
 from .batches import to_device
+from .loop import Reduce
 from .problem import ScaledModel
 
 # make_optimizer([(name, tensor), ...]) -> a torch optimizer over those tensors.
 MakeOptimizer = Callable[[Sequence[tuple[str, torch.Tensor]]], torch.optim.Optimizer]
-Reduce = Callable[[list[torch.Tensor]], None]
 
 
 def default_optimizer(config: GradInitConfig) -> MakeOptimizer:
