@@ -116,8 +116,9 @@ def decide(
     ``exact``: the two curves are the training run's own first steps from each init (the
     Trainer's probe): the lower one wins, a tie keeps the original init (the run is then
     exactly the run without GradInit). Chosen on the family study's development set
-    (benchmarks/results/probe_rule_study.md): never worse there at 100-300 probe steps where
-    release 0.2's rule was worse at 100 and 200, and as good or better on every workload.
+    (benchmarks/results/probe_rule_study.md): at 300 probe steps as good as or better than
+    release 0.2's rule on every workload; at 100 and 200 steps worse than no GradInit on as
+    many workloads or fewer (all 18 workloads: 2 against 3 at 100, 1 against 2 at 200).
 
     Otherwise (the probe on copies, with batches of its own: ``apply_gradinit``): keep the
     learned init unless it is behind by more than ``probe_margin`` (relative) and more than
