@@ -124,7 +124,8 @@ def check_push_target(repo_id: str) -> None:
         raise ValueError(f"{repo_id!r} is not a valid Hub repo id: {err}") from None
 
 
-def _one_line(err: BaseException) -> str:
+def one_line(err: BaseException) -> str:
+    """An exception as one line: its type and its message with the whitespace folded."""
     return f"{type(err).__name__}: " + " ".join(str(err).split())
 
 
@@ -241,7 +242,7 @@ def save_initialized_checkpoint(
         except Exception as err:  # any failure here leaves the saved checkpoint intact
             raise PushError(
                 f"The checkpoint is saved in {output_dir}, but pushing it to {repo_id} failed "
-                f"({_one_line(err)}). Upload it later with `hf upload {repo_id} {output_dir}`."
+                f"({one_line(err)}). Upload it later with `hf upload {repo_id} {output_dir}`."
             ) from err
         logger.info(
             "Pushed the initialized checkpoint to %s", getattr(commit, "commit_url", repo_id)

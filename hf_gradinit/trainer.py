@@ -153,6 +153,25 @@ class GradInitTrainer(Seq2SeqTrainer):
             if self.args.should_save:
                 self._write_model_card(output_dir, **self._card_kwargs)
 
+    def push_to_hub(self, *args: Any, **kwargs: Any) -> Any:
+        """``Trainer.push_to_hub``, with the folder saved first: offline, without a valid
+        token or when the Hub fails, ``output_dir`` is complete (model, tokenizer, GradInit
+        files, card) and one :class:`~hf_gradinit.hub.PushError` line says what failed."""
+        from .hub import PushError, one_line
+
+        if self.args.should_save:
+            self.save_model(self.args.output_dir, _internal_call=True)  # no upload yet
+        try:
+            return super().push_to_hub(*args, **kwargs)
+        except Exception as err:
+            if isinstance(err, (PushError, KeyboardInterrupt)):
+                raise
+            raise PushError(
+                f"The model was saved in {self.args.output_dir}, but pushing it to the Hub "
+                f"failed ({one_line(err)}). Check the network and your token (`hf auth "
+                "login`), then call push_to_hub() again."
+            ) from err
+
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
         """Trainer copies only the standard model files from the checkpoint into output_dir
         before uploading it; put the GradInit files and card there too."""

@@ -234,3 +234,30 @@ def test_save_initialized_checkpoint_refuses_weights_the_scales_were_not_applied
     _, _, another = initialized_checkpoint(tmp_path / "b", iterations=3)
     with pytest.raises(GradInitError, match="another GradInit run"):
         save_initialized_checkpoint(other, another, tmp_path / "out")
+
+
+def test_trainer_push_to_hub_failure_is_one_error_and_keeps_the_folder(tmp_path, monkeypatch):
+    """Offline or with a bad token: one PushError that names the folder, which is complete
+    (weights, GradInit files, card), not a raw connection error with nothing written."""
+    from huggingface_hub import HfApi
+    from testing_utils import seq2seq_examples, tiny_marian, training_args
+
+    from hf_gradinit import GradInitTrainer
+    from hf_gradinit.hub import PushError
+
+    def offline(self, *args, **kwargs):
+        raise ConnectionError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(HfApi, "create_repo", offline)
+    monkeypatch.setattr(HfApi, "upload_folder", offline)
+    args = training_args(
+        tmp_path, max_steps=2, learning_rate=1e-2, gradinit_iterations=2, gradinit_probe_steps=0
+    )
+    trainer = GradInitTrainer(model=tiny_marian(), args=args, train_dataset=seq2seq_examples(12))
+    trainer.train()
+    with pytest.raises(PushError, match=r"saved in .*out.*ConnectionError") as info:
+        trainer.push_to_hub()
+    assert "\n" not in str(info.value)
+    out = tmp_path / "out"
+    for name in ("model.safetensors", "config.json", "gradinit_scales.json", "README.md"):
+        assert (out / name).is_file(), name
