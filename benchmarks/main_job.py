@@ -30,6 +30,12 @@ PACKAGES = ("torch", "transformers", "accelerate", "sacrebleu", "tokenizers", "d
 BLEU_LINE = re.compile(r"BLEU: validation ([0-9.]+), test ([0-9.]+)")
 
 
+def python_version() -> str:
+    """The fingerprint reads the code through ``ast.unparse``, whose output may change
+    between Python versions: it is compared on the version it was made with."""
+    return f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
 def measured_files() -> list[Path]:
     return sorted((ROOT / "hf_gradinit").rglob("*.py")) + [ROOT / "examples/translation/run.py"]
 
@@ -73,6 +79,7 @@ def run() -> dict:
         "test_bleu": float(test),
         "wall_s": round(wall),
         "versions": {name: version(name) for name in PACKAGES},
+        "python": python_version(),
         "code_fingerprint": code_fingerprint(),
     }
 
