@@ -577,3 +577,27 @@ def test_an_error_on_a_qa_batch_does_not_say_it_has_no_labels():
     del batch["start_positions"], batch["end_positions"]
     with pytest.raises(GradInitError, match="none of the label keys.*start_positions"):
         compute_gradinit_scales(model, [batch], GradInitConfig(iterations=1, probe_steps=0))
+
+
+@pytest.mark.parametrize("collator_name", ["DataCollatorForSeq2Seq", "DataCollatorWithPadding"])
+def test_a_dataset_without_labels_gets_an_error_naming_the_labels_and_the_fix(collator_name):
+    """GPT-2 on tokenized text without labels: DataCollatorForSeq2Seq leaves `labels` None,
+    which the error says, instead of listing 'labels' among the batch's keys."""
+    import transformers
+    from testing_utils import tiny_tokenizer
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tokenizer = tiny_tokenizer()
+    data = [tokenizer("ich sieht hund rot") for _ in range(12)]
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=32, n_layer=1, n_head=2))
+    collator = getattr(transformers, collator_name)(tokenizer)
+    with pytest.raises(GradInitError) as info:
+        apply_gradinit(
+            model, data, GradInitConfig(iterations=1, probe_steps=0), data_collator=collator,
+            batch_size=4, show_progress=False,
+        )  # fmt: skip
+    message = str(info.value)
+    assert "labels" in message and "DataCollatorForLanguageModeling" in message
+    assert "'labels']" not in message  # not listed as a key the batch had
+    if collator_name == "DataCollatorForSeq2Seq":
+        assert "'labels' was None" in message

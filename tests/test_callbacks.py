@@ -519,3 +519,16 @@ def test_a_peft_model_is_not_rescaled_and_apply_gradinit_warns(tmp_path, caplog)
         apply_gradinit(
             model, classification_examples(12), GradInitConfig(**FAST), show_progress=False
         )
+
+
+def test_iteration_entries_go_to_the_log_history_not_the_console(tmp_path, capsys):
+    trainer = Trainer(
+        model=tiny_bert_classifier(), args=_gradinit_args(tmp_path, gradinit_logging_steps=1),
+        train_dataset=classification_examples(24), callbacks=[GradInitCallback()],
+    )  # fmt: skip
+    trainer.train()
+    iterations = [e for e in trainer.state.log_history if "gradinit/iteration" in e]
+    assert len(iterations) == 3
+    printed = capsys.readouterr().out
+    assert "'gradinit/iteration':" not in printed
+    assert "gradinit/kept" in printed  # the summary is shown

@@ -20,6 +20,7 @@ from torch.func import functional_call
 from torch.utils.checkpoint import checkpoint
 
 from ..config import GradInitError
+from .batches import LABEL_NAMES
 from .selection import find_scaled_tensors, find_tied_input_output
 
 # compute_loss(model, batch) -> scalar: called with the model's tensors swapped in.
@@ -39,9 +40,19 @@ def default_compute_loss(model: nn.Module, batch: Mapping[str, Any]) -> torch.Te
     elif isinstance(outputs, (tuple, list)) and outputs and isinstance(outputs[0], torch.Tensor):
         loss = outputs[0] if outputs[0].dim() == 0 else None
     if loss is None:
+        present = sorted(k for k, v in batch.items() if v is not None)
+        empty = sorted(k for k in LABEL_NAMES if k in batch and batch[k] is None)
         raise GradInitError(
-            "The model returned no loss. GradInit needs batches with labels (e.g. `labels` "
-            f"for seq2seq or classification; the batch had keys {sorted(batch)}), or pass "
+            "The model returned no loss: GradInit needs batches with labels (one of "
+            f"{', '.join(LABEL_NAMES)}); the batch had keys {present}"
+            + (
+                f", and {empty[0]!r} was None (the collator found no {empty[0]!r} in the "
+                "examples)"
+                if empty
+                else ""
+            )
+            + ". Add a labels column to the dataset (for a causal LM, "
+            "DataCollatorForLanguageModeling(tokenizer, mlm=False) makes them), or pass "
             "`loss_fn=lambda outputs, batch: ...`."
         )
     if loss.dim() != 0:
