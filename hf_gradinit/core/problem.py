@@ -46,8 +46,7 @@ def default_compute_loss(model: nn.Module, batch: Mapping[str, Any]) -> torch.Te
             "The model returned no loss: GradInit needs batches with labels (one of "
             f"{', '.join(LABEL_NAMES)}); the batch had keys {present}"
             + (
-                f", and {empty[0]!r} was None (the collator found no {empty[0]!r} in the "
-                "examples)"
+                f", and {empty[0]!r} was None (the collator found no {empty[0]!r} in the examples)"
                 if empty
                 else ""
             )
