@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import socket
 import subprocess
 import sys
@@ -130,3 +131,31 @@ def test_cli_on_two_processes_saves_and_pushes_once(tmp_path):
     ]
     assert [(out / f"status-rank{r}").read_text() for r in (0, 1)] == ["0", "0"]
     assert (tmp_path / "init" / "gradinit_scales.json").exists()
+
+
+# ---- FSDP2 on CPU: GradInit before sharding, refused after -----------------------------------
+
+
+@pytest.mark.slow
+def test_fsdp2_on_two_cpu_processes(tmp_path):
+    """apply_gradinit before fully_shard gives every rank the same scales and sharded training
+    runs from the result; on the already sharded model it is refused before any work, the
+    local shards intact (docs/distributed.md)."""
+    import os
+
+    script = Path(__file__).parent / "scripts" / "distributed_fsdp.py"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+           "--master_addr=127.0.0.1", f"--master_port={_free_port()}", str(script), str(tmp_path)]  # fmt: skip
+    env = {"OMP_NUM_THREADS": "1", **_python_env()}
+    env.update({k: os.environ[k] for k in ("PYTHONPATH",) if k in os.environ})
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"fsdp-rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world_size"] for r in ranks] == [2, 2]  # really two processes
+    assert ranks[0]["scales"] == ranks[1]["scales"]
+    assert set(ranks[0]["scales"].values()) != {1.0}  # learned, not left at 1
+    for r in ranks:
+        assert r["sharded"] == "DTensor"
+        assert all(map(math.isfinite, r["losses"])) and len(r["losses"]) == 4
+        assert "FSDP" in r["refused"] and "before sharding" in r["refused"]
+        assert r["intact"]
