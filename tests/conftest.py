@@ -9,10 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 
-# A thin re-export for the test modules that still do `from conftest import ...`
-# (tests/test_example.py, tests/test_study.py); new code imports from testing_utils.
-from testing_utils import load_script, tiny_tokenizer  # noqa: F401
-
 
 @pytest.fixture(autouse=True, scope="session")
 def _one_thread():
