@@ -311,3 +311,43 @@ def test_sft_trainer_entries_carry_only_their_own_metrics(tmp_path):
         assert set(entry) <= {"step", "epoch"} | {k for k in entry if k.startswith("gradinit/")}
     for entry in training:
         assert {"mean_token_accuracy", "entropy", "num_tokens"} <= set(entry), entry
+
+
+def test_sft_trainer_sees_the_same_batches_with_gradinit_on_and_off(tmp_path):
+    """With the same seed, trl's SFTTrainer trains on the same batches in the same order with
+    GradInit (its own batches, then the probe's branches) as without it."""
+    datasets = pytest.importorskip("datasets")
+    trl = pytest.importorskip("trl")
+    from testing_utils import tiny_tokenizer
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    texts = [f"{a} {b} hund" for a in ("ich", "du", "er", "wir") for b in ("sieht", "hat", "mag")]
+
+    def run(gradinit: bool) -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        model = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=32, n_layer=1, n_head=2))
+        args = trl.SFTConfig(
+            output_dir=str(tmp_path / str(gradinit)), max_steps=4, per_device_train_batch_size=4,
+            report_to="none", use_cpu=True, disable_tqdm=True, max_length=16, bf16=False,
+        )  # fmt: skip
+        callbacks = (
+            [GradInitCallback(GradInitConfig(iterations=2, probe_steps=2))] if gradinit else []
+        )
+        trainer = trl.SFTTrainer(
+            model=model, args=args, processing_class=tiny_tokenizer(),
+            train_dataset=datasets.Dataset.from_dict({"text": texts}), callbacks=callbacks,
+        )  # fmt: skip
+        seen, real = [], trainer.training_step
+
+        def record(model, inputs, *a, **k):
+            seen.append(inputs["input_ids"].clone())
+            return real(model, inputs, *a, **k)
+
+        trainer.training_step = record
+        trainer.train()
+        return seen
+
+    plain, with_gradinit = run(False), run(True)
+    expected = plain[:2] + plain[:2] + plain[2:]  # each branch's 2 steps, then steps 3-4
+    assert len(with_gradinit) == len(expected) == 6
+    assert all(torch.equal(a, b) for a, b in zip(expected, with_gradinit, strict=True))
