@@ -50,8 +50,10 @@ def _marian_whole_run(tmp_path, **kw):
     return tiny_marian, seq2seq_examples(30), args, {"data_collator": default_data_collator}
 
 
-def _plain_run(tmp_path, factory, weights, scales, data, args, extra):
-    """A plain Trainer run (no GradInit code) from ``weights`` times ``scales``."""
+def _trained(folder, factory, weights, data, args, extra, callbacks=(), scales=None):
+    """A Trainer run from ``weights`` (times ``scales``) with ``callbacks``; returns the
+    trainer and its model. ``extra``: Trainer keywords; ``optimizers`` is made from the
+    model."""
     model = factory()
     model.load_state_dict(weights)
     if scales:
@@ -61,11 +63,20 @@ def _plain_run(tmp_path, factory, weights, scales, data, args, extra):
         extra["optimizers"] = extra["optimizers"](model)
     trainer = Trainer(
         model=model,
-        args=training_args(tmp_path / "plain", TrainingArguments, **args),
+        args=training_args(folder, TrainingArguments, **args),
         train_dataset=data,
+        callbacks=list(callbacks),
         **extra,
     )
     trainer.train()
+    return trainer, model
+
+
+def _plain_run(tmp_path, factory, weights, scales, data, args, extra):
+    """A plain Trainer run (no GradInit code) from ``weights`` times ``scales``."""
+    trainer, model = _trained(
+        tmp_path / "plain", factory, weights, data, args, extra, scales=scales
+    )
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     return losses, {k: v.clone() for k, v in model.state_dict().items()}
 
@@ -98,21 +109,9 @@ def test_branches_and_the_run_equal_plain_trainer_runs(tmp_path, monkeypatch, se
         return real(trainer, inner_loop, loop_kwargs, scales, *a, **k)
 
     monkeypatch.setattr(callbacks_module, "train_with_probe", spy)
-    model = factory()
-    model.load_state_dict(weights)
     config = GradInitConfig(iterations=3, scale_lr=5e-2, probe_steps=probe_steps)
     callback = GradInitCallback(config)
-    kw = dict(extra)
-    if "optimizers" in kw:
-        kw["optimizers"] = kw["optimizers"](model)
-    trainer = Trainer(
-        model=model,
-        args=training_args(tmp_path, TrainingArguments, **args),
-        train_dataset=data,
-        callbacks=[callback],
-        **kw,
-    )
-    trainer.train()
+    trainer, model = _trained(tmp_path, factory, weights, data, args, extra, [callback])
     probe = callback.result.probe
     original, original_weights = _plain_run(tmp_path, factory, weights, None, data, args, extra)
     learned, learned_weights = _plain_run(
@@ -157,16 +156,8 @@ def test_a_run_no_longer_than_the_probe_ends_at_the_better_of_the_two(tmp_path, 
     weights = copy.deepcopy(tiny_bert_classifier().state_dict())
     args = dict(max_steps=6, learning_rate=5e-3)
     data = classification_examples(36)
-    model = tiny_bert_classifier()
-    model.load_state_dict(weights)
     callback = GradInitCallback(GradInitConfig(iterations=2, probe_steps=6))
-    trainer = Trainer(
-        model=model,
-        args=training_args(tmp_path, TrainingArguments, **args),
-        train_dataset=data,
-        callbacks=[callback],
-    )
-    trainer.train()
+    _, model = _trained(tmp_path, tiny_bert_classifier, weights, data, args, {}, [callback])
     original, original_weights = _plain_run(
         tmp_path, tiny_bert_classifier, weights, None, data, args, {}
     )
