@@ -28,9 +28,12 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as run.py: before torch is imported
 
 import contextlib
+import fcntl
 import functools
 import importlib.util
+import json
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +44,7 @@ import datasets
 import numpy as np
 import torch
 from torch.utils.data import Sampler
-from transformers import EvalPrediction, HfArgumentParser, PretrainedConfig
+from transformers import EvalPrediction, HfArgumentParser, PretrainedConfig, TrainerCallback
 from transformers.trainer_utils import PredictionOutput
 
 RUN_PY = Path(__file__).resolve().parent.parent / "examples" / "translation" / "run.py"
@@ -92,6 +95,11 @@ class StudyArguments:
     torch_optimizer: str | None = field(
         default=None, metadata={"help": "'radam': torch.optim.RAdam instead of --optim."}
     )
+    record_file: str | None = field(
+        default=None,
+        metadata={"help": "A JSON-lines file: one line per evaluation, as it happens (appended)."},
+    )
+    record_name: str | None = field(default=None, metadata={"help": "The run's name there."})
 
     def __post_init__(self) -> None:
         if self.model_size is not None and self.model_size not in MODEL_SIZES:
@@ -183,10 +191,44 @@ def _reorder(values: Any, order: np.ndarray) -> Any:
     return out
 
 
+class EvalRecorder(TrainerCallback):
+    """Appends one JSON line per evaluation to ``path`` as it happens (a study cut short
+    keeps what it measured): the step, the metrics, the seconds since training began and the
+    seconds spent evaluating so far (evaluations inside GradInit's probe branches are not
+    seen: callbacks are muted there)."""
+
+    def __init__(self, path: str, name: str) -> None:
+        self.path, self.name = path, name
+        self.start = time.perf_counter()
+        self.eval_s = 0.0
+
+    def write(self, **values: Any) -> None:
+        line = json.dumps({"name": self.name, **values}) + "\n"
+        with open(self.path, "a", encoding="utf-8") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)  # runs side by side append to one file
+            f.write(line)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = time.perf_counter()
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        self.eval_s += (metrics or {}).get("eval_runtime", 0.0)
+        elapsed = time.perf_counter() - self.start
+        self.write(step=state.global_step, elapsed_s=elapsed, eval_s=self.eval_s, **metrics)
+
+
 class StudyTrainer(run.TranslationTrainer):
     """run.py's trainer with the study's training batches, evaluation order and optimizer."""
 
-    def __init__(self, *args: Any, torch_optimizer: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        torch_optimizer: str | None = None,
+        recorder: EvalRecorder | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if recorder is not None:
+            kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), recorder]
         if torch_optimizer == "radam":
             a = kwargs["args"]
             if a.gradinit:
@@ -258,11 +300,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if "-h" in argv or "--help" in argv:
         parser.print_help()
     study, rest = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
-    return run.main(
+    recorder = None
+    if study.record_file is not None:
+        recorder = EvalRecorder(study.record_file, study.record_name or "run")
+    metrics = run.main(
         run_argv(rest),
         make_config=functools.partial(study_config, study=study),
-        make_trainer=functools.partial(StudyTrainer, torch_optimizer=study.torch_optimizer),
+        make_trainer=functools.partial(
+            StudyTrainer, torch_optimizer=study.torch_optimizer, recorder=recorder
+        ),
     )
+    if recorder is not None:
+        recorder.write(final=True, elapsed_s=time.perf_counter() - recorder.start, **metrics)
+    return metrics
 
 
 if __name__ == "__main__":
