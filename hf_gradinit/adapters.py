@@ -156,11 +156,20 @@ def _default_lr(cls: type) -> float | None:
     return float(default) if isinstance(default, (int, float)) else None
 
 
-def run_optimizer(trainer: Trainer) -> dict[str, Any] | None:
-    """The optimizer training will use when it is not ``args.optim``: an instance passed as
-    ``Trainer(optimizers=(opt, sched))`` or ``optimizer_cls_and_kwargs``. Returns
-    ``to_gradinit_config`` keywords (``optim``: the class name, ``learning_rate``, Adam's
-    ``betas``/``eps``, SGD's momentum as ``optim_args``), or None for ``args.optim``."""
+def training_optimizer(trainer: Trainer) -> dict[str, Any]:
+    """What the run's first optimizer step is, as ``to_gradinit_config`` keywords:
+    ``learning_rate``, ``optim`` (``args.optim``, or the class name of an optimizer passed as
+    ``Trainer(optimizers=(opt, sched))`` or ``optimizer_cls_and_kwargs``), ``optim_args``
+    (SGD's momentum), Adam's ``betas`` and ``eps``. The one source of GradInit's eta and inner
+    optimizer in a Trainer."""
+    args = trainer.args
+    out = {
+        "learning_rate": args.learning_rate,
+        "optim": getattr(args, "optim", None),
+        "optim_args": getattr(args, "optim_args", None),
+        "betas": (args.adam_beta1, args.adam_beta2),
+        "eps": args.adam_epsilon,
+    }
     optimizer = trainer.optimizer
     if optimizer is not None:
         optimizer = getattr(optimizer, "optimizer", optimizer)  # an accelerate wrapper
@@ -170,14 +179,17 @@ def run_optimizer(trainer: Trainer) -> dict[str, Any] | None:
         settings = dict(settings)
         settings.setdefault("lr", _default_lr(cls))
     else:
-        return None
-    lr = settings.get("lr")
+        return out
+    lr, betas = settings.get("lr"), settings.get("betas")
     momentum, dampening = settings.get("momentum"), settings.get("dampening", 0.0)
-    betas = settings.get("betas")
-    return {
-        "optim": cls.__name__,
-        "learning_rate": float(lr) if lr is not None else trainer.args.learning_rate,
-        "betas": tuple(betas) if betas is not None else None,
-        "eps": settings.get("eps"),
-        "optim_args": f"momentum={momentum},dampening={dampening}" if momentum else None,
-    }
+    out.update(
+        optim=cls.__name__,
+        optim_args=f"momentum={momentum},dampening={dampening}" if momentum else None,
+    )
+    if lr is not None:
+        out["learning_rate"] = float(lr)
+    if betas is not None:
+        out["betas"] = tuple(betas)
+    if settings.get("eps") is not None:
+        out["eps"] = settings["eps"]
+    return out

@@ -9,6 +9,7 @@ command-line option (``--gradinit_iterations 200``, ``--no_gradinit``).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 import warnings
@@ -78,6 +79,12 @@ def sgd_step_factor(optim_args: str | None) -> float:
     if not 0 < momentum < 1 or not 0 <= dampening <= 1:
         return 1.0
     return (1 - dampening) / (1 - momentum)
+
+
+@functools.cache
+def _reference_recipe() -> GradInitConfig:
+    """The reference recipe for a learning rate of 1 (its eta is then the multiplier)."""
+    return GradInitConfig.reference(learning_rate=1.0)
 
 
 @dataclass
@@ -174,7 +181,7 @@ class GradInitArguments:
             if hasattr(self, f"gradinit_{name}") and name not in ("eta", "inner_optimizer", "seed")
         }
         if self.gradinit_recipe == "reference":
-            recipe = GradInitConfig.reference(learning_rate=1.0).to_dict()
+            recipe = _reference_recipe().to_dict()
             for name, value in values.items():
                 default = _CORE_FIELDS[name].default
                 same = list(value) == list(default) if isinstance(value, list) else value == default
@@ -208,7 +215,7 @@ class GradInitArguments:
         """
         multiplier = self.gradinit_eta_multiplier
         if self.gradinit_recipe == "reference" and multiplier == 1.0:
-            multiplier = GradInitConfig.reference(learning_rate=1.0).eta  # 2: its IWSLT script
+            multiplier = _reference_recipe().eta  # 2 x lr: its IWSLT script
         inner = self.gradinit_inner_optimizer
         if optim is not None:
             implied, known = inner_optimizer_for(optim)
@@ -266,19 +273,6 @@ class GradInitArguments:
             message = re.sub(rf"(?<![\w.])({names})(?![\w])", r"gradinit_\1", str(err))
             message = message.replace("Invalid GradInitConfig", "Invalid GradInit arguments")
             raise ValueError(message) from err
-
-    def config_for_run(self, args: Any, warn: bool = True) -> GradInitConfig:
-        """The config for a run with these ``TrainingArguments`` (learning rate, optim,
-        optim_args, Adam betas and eps, seed)."""
-        return self.to_gradinit_config(
-            learning_rate=args.learning_rate,
-            optim=getattr(args, "optim", None),
-            seed=getattr(args, "seed", None),
-            optim_args=getattr(args, "optim_args", None),
-            betas=(args.adam_beta1, args.adam_beta2) if hasattr(args, "adam_beta1") else None,
-            eps=getattr(args, "adam_epsilon", None),
-            warn=warn,
-        )
 
 
 @dataclass

@@ -29,9 +29,9 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from .adapters import (
     find_trainer,
     gradinit_dataloader,
-    run_optimizer,
     trainer_compute_loss,
     trainer_probe_optimizer,
+    training_optimizer,
     training_steps,
 )
 from .api import compute_gradinit_scales
@@ -77,7 +77,7 @@ class GradInitCallback(TrainerCallback):
     (``config.gradinit`` matches its weights), or with ``args.gradinit=False``.
 
     Args:
-        config: GradInit settings (``eta`` and ``inner_optimizer`` are the run's).
+        config: GradInit settings (``eta``, the inner optimizer and its betas/eps are the run's).
         trainer: the Trainer this callback belongs to, for ``trainer.add_callback(
             GradInitCallback(trainer=trainer))``; without it the callback finds the trainer
             that calls its ``on_init_end`` (pass it in ``Trainer(callbacks=[...])``).
@@ -116,19 +116,12 @@ class GradInitCallback(TrainerCallback):
         """This run's settings (see the class docstring)."""
         args = trainer.args
         source = args if isinstance(args, GradInitArguments) else GradInitArguments()
-        optimizer = run_optimizer(trainer)
-        if optimizer is None:
-            derived = source.config_for_run(args)
-        else:
-            betas = optimizer.pop("betas") or (args.adam_beta1, args.adam_beta2)
-            eps = optimizer.pop("eps") or args.adam_epsilon
-            derived = source.to_gradinit_config(
-                seed=args.seed, betas=betas, eps=eps, warn=True, **optimizer
-            )
+        derived = source.to_gradinit_config(seed=args.seed, **training_optimizer(trainer))
         if self.config is None:
             return derived
         values = self.config.to_dict()
-        values.update(eta=derived.eta, inner_optimizer=derived.inner_optimizer)
+        run_step = ("eta", "inner_optimizer", "inner_betas", "inner_eps")
+        values.update({name: getattr(derived, name) for name in run_step})
         return GradInitConfig.from_dict(values)
 
     # ---- attaching to the trainer's loop -------------------------------------------------

@@ -190,15 +190,23 @@ def test_eta_with_sgd_momentum_is_the_steady_step(tmp_path, optim, optim_args, i
     assert trainer.gradinit_config().eta == pytest.approx(eta)
 
 
-def test_config_for_run_takes_the_runs_settings(tmp_path):
+def test_a_plain_trainers_arguments_give_eta_and_the_inner_optimizer(tmp_path):
+    """Plain TrainingArguments (no gradinit_* fields): the callback's config reads the run's
+    learning rate, optim, optim_args, Adam betas/eps and seed through one path."""
+    from transformers import Trainer
+
+    from hf_gradinit import GradInitCallback
+
     run = Seq2SeqTrainingArguments(
         str(tmp_path), learning_rate=0.1, optim="sgd", optim_args="momentum=0.5", seed=7,
         adam_beta2=0.95, adam_epsilon=1e-6, report_to="none", use_cpu=True,
     )  # fmt: skip
-    config = GradInitArguments(gradinit_iterations=9).config_for_run(run)
-    assert (config.inner_optimizer, config.iterations, config.seed) == ("sgd", 9, 7)
+    trainer = Trainer(model=tiny_marian(), args=run, train_dataset=seq2seq_examples(4))
+    config = GradInitCallback(GradInitConfig(iterations=9)).config_for(trainer)
+    assert (config.inner_optimizer, config.iterations) == ("sgd", 9)
     assert config.eta == pytest.approx(0.2)  # 0.1 / (1 - 0.5)
     assert (config.inner_betas, config.inner_eps) == ((0.9, 0.95), 1e-6)
+    assert GradInitCallback().config_for(trainer).seed == 7
 
 
 def test_a_gradinit_batch_of_one_is_refused_when_the_arguments_are_made(tmp_path):
