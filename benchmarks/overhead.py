@@ -26,7 +26,7 @@ import torch
 from transformers import MarianConfig, MarianMTModel
 
 from hf_gradinit import GradInitConfig, split_batch
-from hf_gradinit.core.loop import _Loop, inner_step, norm_direction
+from hf_gradinit.core.loop import ScaleLearner, inner_step, norm_direction
 from hf_gradinit.core.probe import default_optimizer
 from hf_gradinit.core.problem import ScaledModel, gradinit_mode
 
@@ -103,7 +103,7 @@ def make_operation(name: str, model, batch, args):
     def iteration(**settings):
         """One iteration of hf_gradinit's own loop (its batches: this one, again and again)."""
         config = GradInitConfig(eta=2e-3, **settings)
-        loop = _Loop(problem, itertools.repeat(batch), config, None)
+        loop = ScaleLearner(problem, itertools.repeat(batch), config, None)
         counter = itertools.count()
         return lambda: loop.iteration(next(counter))
 

@@ -2,10 +2,10 @@
 
 One iteration, as the reference code does it: with theta = alpha * w0, take the gradient g
 of the loss on a sub-batch S. If its norm exceeds the bound, step alpha to lower the norm (a
-Hessian-vector product: :meth:`_Loop.constraint_step`). Otherwise simulate one step of the
+Hessian-vector product: :meth:`ScaleLearner.constraint_step`). Otherwise simulate one step of the
 real optimizer, theta' = theta - eta * A(g) with A(g) = sign(g) for Adam and g for SGD (A(g)
 detached, as in the reference), and step alpha to lower the loss on the overlapping sub-batch
-S~ at theta' (:meth:`_Loop.objective_step`). Because A(g) is detached, that objective needs
+S~ at theta' (:meth:`ScaleLearner.objective_step`). Because A(g) is detached, that objective needs
 no double backward.
 """
 
@@ -72,7 +72,11 @@ def _is_out_of_memory(err: BaseException) -> bool:
     return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
 
 
-class _Loop:
+class ScaleLearner:
+    """One GradInit run's state: the scales, their optimizer, the bound's value and the batch
+    splits. ``iteration(k)`` runs iteration k and returns its record; :func:`learn_scales`
+    drives it (benchmarks and tests time or check single iterations with it)."""
+
     def __init__(
         self,
         problem: ScaledModel,
@@ -291,7 +295,7 @@ def learn_scales(
     """Run ``config.iterations`` iterations on batches drawn from ``data`` (e.g.
     ``batches.cycle(loader)``); the model is only read. ``reduce`` averages tensors across
     processes; ``on_iteration`` gets each iteration's record."""
-    loop = _Loop(problem, data, config, reduce)
+    loop = ScaleLearner(problem, data, config, reduce)
     history: list[dict[str, Any]] = []
     skipped_in_row = 0
     for it in range(config.iterations):

@@ -16,7 +16,7 @@ from testing_utils import (
 from transformers import default_data_collator
 
 from hf_gradinit import GradInitConfig, GradInitError, compute_gradinit_scales
-from hf_gradinit.core.loop import _Loop, inner_step
+from hf_gradinit.core.loop import ScaleLearner, inner_step
 from hf_gradinit.core.problem import ScaledModel
 
 # --------------------------------------------------------------------------------------
@@ -99,7 +99,7 @@ def test_lookahead_follows_the_real_optimizer_and_its_gradient_matches_finite_di
     problem = ScaledModel(model, torch.device("cpu"))
     alpha = perturbed_alpha(problem)
     batches = [seq2seq_batch(seed=s) for s in (0, 1, 2)]
-    loop = _Loop(problem, iter(batches[1:]), config, reduce=None)
+    loop = ScaleLearner(problem, iter(batches[1:]), config, reduce=None)
     loop.alpha = alpha  # the lookahead's gradients are taken at theta(alpha)
     _, g1 = problem.gradient(alpha, batches[0])
     total, batch_t = loop.lookahead(g1, inner_step(g1, config))
