@@ -362,8 +362,16 @@ def test_missing_file_and_wrong_format(run, tmp_path):
 @pytest.mark.parametrize(
     "target,tokenize,match",
     [
-        ("ja", None, r"'ja-mecab'.*pip install \"sacrebleu\[ja\]\".*--bleu_tokenize"),
-        ("ko", None, r"'ko-mecab'.*pip install \"sacrebleu\[ko\]\".*--bleu_tokenize"),
+        (
+            "ja",
+            None,
+            r"default tokenizer for 'ja'.*pip install \"sacrebleu\[ja\]\".*--bleu_tokenize",
+        ),
+        (
+            "ko",
+            None,
+            r"default tokenizer for 'ko'.*pip install \"sacrebleu\[ko\]\".*--bleu_tokenize",
+        ),
         ("en", "nope", r"'nope' tokenizer cannot run here.*--bleu_tokenize.*13a"),
     ],
     ids=["ja", "ko", "unknown"],

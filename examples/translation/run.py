@@ -280,14 +280,14 @@ def build_config(
 
 def make_bleu(target_lang: str, tokenize: str | None) -> BLEU:
     """sacreBLEU for the target language, or a one-line UsageError if it cannot run here."""
-    name = tokenize or BLEU._TOKENIZER_MAP.get(target_lang, BLEU.TOKENIZER_DEFAULT)
     try:
         return BLEU(tokenize=tokenize, trg_lang=target_lang)
     except (KeyError, ImportError, RuntimeError, OSError) as err:
         extra = re.search(r"pip install (\S+)", str(err))
         fix = f'pip install "{extra.group(1)}"' if extra else " ".join(str(err).split())
+        name = f"{tokenize!r} tokenizer" if tokenize else f"default tokenizer for {target_lang!r}"
         raise UsageError(
-            f"sacreBLEU's {name!r} tokenizer cannot run here ({type(err).__name__}: {fix}). "
+            f"sacreBLEU's {name} cannot run here ({type(err).__name__}: {fix}). "
             "Choose another with --bleu_tokenize, e.g. 13a or char."
         ) from None
 
@@ -449,8 +449,8 @@ def main(
         results.update(metrics)
     elif training_args.gradinit:
         trainer.run_gradinit()
-    if training_args.do_train or training_args.gradinit:
-        trainer.save_model(_internal_call=True)  # no upload yet: --push_to_hub uploads at the end
+    if (training_args.do_train or training_args.gradinit) and not training_args.push_to_hub:
+        trainer.save_model()  # with --push_to_hub, the upload at the end saves it (one upload)
     if trainer.gradinit_result is not None:
         summary = trainer.gradinit_result.summary()
         metrics = {f"gradinit_{k}": v for k, v in summary.items() if v is not None}
