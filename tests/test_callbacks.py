@@ -532,3 +532,39 @@ def test_iteration_entries_go_to_the_log_history_not_the_console(tmp_path, capsy
     printed = capsys.readouterr().out
     assert "'gradinit/iteration':" not in printed
     assert "gradinit/kept" in printed  # the summary is shown
+
+
+@pytest.mark.parametrize("make_trainer", ["trainer", "seq2seq"])
+def test_tensorboard_sees_gradinit_at_step_0_then_trainings_own_entries(tmp_path, make_trainer):
+    """A real reporter: TensorBoard's event files hold GradInit's scalars at step 0 (probe
+    losses at their probe steps), before every training scalar, and the training scalars
+    are those of the log history, step for step, with no GradInit key among them."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    kw = dict(max_steps=6, logging_steps=2, report_to=["tensorboard"])
+    if make_trainer == "trainer":
+        args = _training_args(tmp_path, **kw)
+        trainer = Trainer(
+            model=tiny_bert_classifier(), args=args, train_dataset=classification_examples(48),
+            callbacks=[GradInitCallback(GradInitConfig(iterations=3, probe_steps=2))],
+        )  # fmt: skip
+    else:
+        args = _gradinit_args(tmp_path, gradinit_probe_steps=2, gradinit_logging_steps=1, **kw)
+        trainer = GradInitTrainer(
+            model=tiny_marian(), args=args, train_dataset=seq2seq_examples(48)
+        )
+    trainer.train()
+    (logs,) = (tmp_path / "out" / "runs").iterdir()  # the callback's default folder
+    events = EventAccumulator(str(logs), size_guidance={"scalars": 0}).Reload()
+    scalars = {tag: events.Scalars(tag) for tag in events.Tags()["scalars"]}
+    gradinit = {t: v for t, v in scalars.items() if "gradinit/" in t}
+    training = {t: v for t, v in scalars.items() if "gradinit/" not in t}
+    assert "train/gradinit/loss" in gradinit and "train/loss" in training
+    for tag, points in gradinit.items():
+        assert {p.step for p in points} <= ({0, 1, 2} if "probe_" in tag else {0}), tag
+    last_gradinit = max(p.wall_time for points in gradinit.values() for p in points)
+    assert last_gradinit <= min(p.wall_time for p in training["train/loss"])
+    history = [e for e in trainer.state.log_history if "loss" in e]
+    assert [p.step for p in training["train/loss"]] == [e["step"] for e in history]
+    assert [p.value for p in training["train/loss"]] == pytest.approx([e["loss"] for e in history])
