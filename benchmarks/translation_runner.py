@@ -224,11 +224,10 @@ class StudyTrainer(run.TranslationTrainer):
         self,
         *args: Any,
         torch_optimizer: str | None = None,
-        recorder: EvalRecorder | None = None,
+        extra_callbacks: list[TrainerCallback] = (),
         **kwargs: Any,
     ) -> None:
-        if recorder is not None:
-            kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), recorder]
+        kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), *extra_callbacks]
         if torch_optimizer == "radam":
             a = kwargs["args"]
             if a.gradinit:
@@ -307,7 +306,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         run_argv(rest),
         make_config=functools.partial(study_config, study=study),
         make_trainer=functools.partial(
-            StudyTrainer, torch_optimizer=study.torch_optimizer, recorder=recorder
+            StudyTrainer,
+            torch_optimizer=study.torch_optimizer,
+            extra_callbacks=[recorder] if recorder is not None else [],
         ),
     )
     if recorder is not None:
