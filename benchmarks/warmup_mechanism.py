@@ -222,8 +222,10 @@ def report(records: list[dict]) -> str:
         "| method | fixed-batch loss at 300 | logits change, steps 1-10 / 11-100 (mean) | "
         "largest layer change, steps 1-10 | "
         + " | ".join(f"{k} update/weight, steps 1-10" for k in kinds)
-        + " | collapse (decoder's last layer, cos >= 0.9) from step | first layer collapsed |",
-        "|" + "---|" * (6 + len(kinds)),
+        + " | self-attention update/weight, steps 101-300"
+        + " | decoder's last layer: cos >= 0.9 first at step | stays collapsed from step |"
+        " first layer collapsed |",
+        "|" + "---|" * (8 + len(kinds)),
     ]
     for r in records:
         steps = [s for s in r["steps"] if s["step"] > 0]
@@ -236,9 +238,13 @@ def report(records: list[dict]) -> str:
         top = max(layer_means, key=layer_means.get)
         ratios = " | ".join(f"{mean([s['ratio'].get(k, 0) for s in early]):.4f}" for k in kinds)
         step, first = onset(r["steps"])
+        last = max(k for k in steps[0]["cos"] if k.startswith("dec"))
+        reached = next((s["step"] for s in steps if s["cos"][last] >= COLLAPSE_COS), None)
         lines.append(
             f"| {r['method']} | {steps[-1]['loss']:.3f} | {logit} | {top} {layer_means[top]:.3f} | "
-            f"{ratios} | {step if step is not None else 'none'} | {first or '-'} |"
+            f"{ratios} | {mean([s['ratio']['self-attention'] for s in steps[100:]]):.4f} | "
+            f"{reached if reached is not None else 'never'} | "
+            f"{step if step is not None else 'recovered'} | {first or '-'} |"
         )
     return "\n".join(lines) + "\n"
 
