@@ -85,10 +85,16 @@ def grid() -> list[dict]:
     probe = {f"GradInit probe{n}": ["--gradinit_probe_steps", str(n)] for n in (100, 200)}
     runs += _runs("probe", EXAMPLE, 1000, 500, main_seeds, probe, predict=True)
     runs += _runs("corpus", CORPUS, 2100, 350, corpus_seeds, METHODS)
+    # Chosen from benchmarks/warmup_mechanism.py: without warmup, Adam's first steps move
+    # every weight by lr, 10% of HF's init std 0.02, and the positions' representations
+    # collapse within 2-10 steps. Larger weights (init std, or GradInit scales >= 2.5) make
+    # that step relatively smaller; a lookahead as long as the collapse onset lets the
+    # objective see it.
     candidates = {
-        "GradInit eta8 it400 slr1e-2": ["--gradinit_eta_multiplier", "8"]
-        + ["--gradinit_iterations", "400", "--gradinit_scale_lr", "1e-2"],
-        "GradInit lookahead8": ["--gradinit_lookahead_steps", "8"],
+        "no warmup, init std 0.08": ["--no_gradinit", "--init_std", "0.08"],
+        "GradInit min_scale 2.5": ["--gradinit_min_scale", "2.5"],
+        "GradInit lookahead 5": ["--gradinit_lookahead_steps", "5"]
+        + ["--gradinit_iterations", "100"],
     }
     runs += _runs("candidates", CORPUS, 700, 350, (1,), candidates, lr=2e-3)
     return runs
