@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import statistics
 import subprocess
 import sys
@@ -277,9 +278,12 @@ def break_even(ours: list[float], theirs: list[float], xs: list[float], lower: b
 def _by_method(data: dict[str, dict], group: str) -> dict[str, list[dict]]:
     order = {m: i for i, m in enumerate(METHODS)}
     out: dict[str, list[dict]] = {}
-    for r in sorted(
-        data.values(), key=lambda r: (order.get(r["method"], 9), r["method"], r["seed"])
-    ):
+
+    def key(r: dict) -> tuple:  # the methods' order, then numbers as numbers (it25 < it100)
+        words = re.split(r"(\d+)", r["method"])
+        return (order.get(r["method"], 9), [int(w) if w.isdigit() else w for w in words], r["seed"])
+
+    for r in sorted(data.values(), key=key):
         if r["group"] == group:
             out.setdefault(r["method"], []).append(r)
     return out
