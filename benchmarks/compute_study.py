@@ -17,7 +17,10 @@ Groups (in the order they run):
 * ``iterations`` and ``probe``: GradInit's iterations (25, 50, 100; 200 is ``example``'s)
   and probe length (100, 200; 300 is the default) on the example, 1000 steps.
 * ``corpus``: the 6+6 model at 1e-3 to 2100 steps (3x the corpus study's 700).
-* ``candidates``: GradInit variants on the corpus at 2e-3.
+* ``candidates``: variants chosen from ``warmup_mechanism.py``, on the corpus at 2e-3.
+
+``example-2e-3`` seeds 3 and 4 and the ``corpus`` group ran on the 2-core CPU (step
+equivalents are converted within a group, so each group's runs share one machine).
 
 Every evaluation is appended to the records file (JSON lines) as it happens and a run whose
 final line is there is not run again: the committed file is the study's cache, and a study
@@ -80,7 +83,7 @@ def grid() -> list[dict]:
     hard = {m: METHODS[m] for m in ("no warmup", "warmup 300", "RAdam", "GradInit")}
     runs = _runs("example", EXAMPLE, 3000, 500, main_seeds, METHODS, predict=True)
     runs += _runs("corpus-2e-3", CORPUS, 700, 350, corpus_seeds, hard, lr=2e-3)
-    runs += _runs("example-2e-3", EXAMPLE, 1000, 500, main_seeds, hard, lr=2e-3)
+    runs += _runs("example-2e-3", EXAMPLE, 1000, 500, (*main_seeds, 3, 4), hard, lr=2e-3)
     ablation = {f"GradInit it{n}": ["--gradinit_iterations", str(n)] for n in (25, 50, 100)}
     runs += _runs("iterations", EXAMPLE, 1000, 500, main_seeds, ablation, predict=True)
     probe = {f"GradInit probe{n}": ["--gradinit_probe_steps", str(n)] for n in (100, 200)}
