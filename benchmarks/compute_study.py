@@ -166,7 +166,8 @@ def run_study(args) -> None:
     with ThreadPoolExecutor(args.workers) as pool:
         jobs = [pool.submit(run_one, r, args.records, cache, tokenizer, args.extra) for r in todo]
         for job in jobs:
-            print(f"[{time.perf_counter() - start:.0f} s] {job.result()}", flush=True)
+            outcome = job.result()  # before reading the clock
+            print(f"[{time.perf_counter() - start:.0f} s] {outcome}", flush=True)
 
 
 # --------------------------------------------------------------------------------------
@@ -426,6 +427,12 @@ def report(records: list[dict], path: Path) -> str:
     return text
 
 
+PLOT_TITLES = {
+    "example": "The translation example at lr 1e-3 (GPU)",
+    "corpus": "The corpus model (6+6) at lr 1e-3 (CPU)",
+}
+
+
 def plot(records: list[dict], path: Path, group: str = "example") -> None:
     import matplotlib
 
@@ -446,7 +453,8 @@ def plot(records: list[dict], path: Path, group: str = "example") -> None:
         ax.set_ylabel(what)
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=8)
-    fig.suptitle("The translation example at lr 1e-3: quality against compute, 3 seeds")
+    seeds = len({r["seed"] for r in data.values() if r["group"] == group})
+    fig.suptitle(f"{PLOT_TITLES[group]}: quality against compute, {seeds} seeds")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -468,6 +476,8 @@ def main(argv: list[str] | None = None) -> None:
     records = read_records(args.records)
     print(report(records, RESULTS / "compute_study.md"))
     plot(records, RESULTS / "compute_study.png")
+    if any(r["name"].startswith("corpus/") for r in records):
+        plot(records, RESULTS / "compute_study_corpus.png", group="corpus")
 
 
 if __name__ == "__main__":
