@@ -125,6 +125,20 @@ def test_the_quoted_example_table_is_the_reports(report, doc):
     assert checked >= 12
 
 
+def test_the_quoted_corpus_table_is_the_reports(report):
+    section = report[report.index("## The corpus model at lr 1e-3") :]
+    ours = _cells_by_method(_table(section, "method"))
+    quoted = _table((ROOT / "docs" / "results.md").read_text(), "corpus model, lr 1e-3")
+    header, *rows = quoted
+    assert len(rows) == 4
+    for row in rows:
+        method = re.sub(r" \(.*\)$", "", row[0])
+        cells = dict(zip(header, row))
+        for column in ("1050", "1400", "1750", "2100"):
+            assert cells[column] == ours[method][column], (method, column)
+        assert cells["phase (step-equivalents)"] == ours[method]["phase (step-equivalents)"]
+
+
 def test_the_quoted_warmup_cells_are_the_reports(report):
     """docs/results.md's lr 2e-3 rows: each method's per-seed losses and counts."""
     docs = (ROOT / "docs" / "results.md").read_text()
