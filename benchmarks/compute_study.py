@@ -398,7 +398,8 @@ def report(records: list[dict], path: Path) -> str:
     lines += [
         "`python benchmarks/compute_study.py --report` (records: "
         "`benchmarks/results/compute_study.jsonl`; runs: one H200, 15-16 runs side by side, "
-        "one process each). Step-equivalents: training steps, plus for GradInit the probe's "
+        "one process each, except the corpus at 1e-3, the candidates and the example at 2e-3 "
+        "seeds 3 and 4: a 2-core CPU, two side by side). Step-equivalents: training steps, plus for GradInit the probe's "
         "losing branch (300 steps) and the scales phase (its seconds over the step time of "
         "the runs beside it). Cells: validation loss / BLEU, mean over the seeds.",
         "",

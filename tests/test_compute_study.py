@@ -153,7 +153,7 @@ def test_the_quoted_warmup_cells_are_the_reports(report):
             ("no warmup", "warmup 300", "RAdam", "GradInit"), row.strip("|").split("|")[1:]
         ):
             ours = table[method]
-            losses = [v for k, v in ours.items() if k.startswith("seed")]
+            losses = [v for k, v in ours.items() if k.startswith("seed") and v != "-"]
             assert all(loss in quoted for loss in losses), (cell, method)
             assert ours["trained"] in quoted.replace("*", ""), (cell, method)
 
