@@ -216,6 +216,19 @@ def test_gradinit_trainer_runs_the_same_probe_and_saves_the_winner(tmp_path):
 # --------------------------------------------------------------------------------------
 
 
+def _train_recording(trainer, key: str) -> list[torch.Tensor]:
+    """Train, recording ``inputs[key]`` of every batch training steps on."""
+    seen, real = [], trainer.training_step
+
+    def record(model, inputs, *a, **k):
+        seen.append(inputs[key].clone())
+        return real(model, inputs, *a, **k)
+
+    trainer.training_step = record
+    trainer.train()
+    return seen
+
+
 def _mlm_run(tmp_path, probe_steps: int | None):
     """BERT MLM with a seeded DataCollatorForLanguageModeling; returns the labels (the
     collator's masks) of every batch training_step sees. None: no GradInit."""
@@ -245,16 +258,7 @@ def _mlm_run(tmp_path, probe_steps: int | None):
         args=training_args(tmp_path / str(probe_steps), TrainingArguments, max_steps=5),
         train_dataset=data, data_collator=collator, callbacks=callbacks,
     )  # fmt: skip
-    seen = []
-    real = trainer.training_step
-
-    def record(model, inputs, *a, **k):
-        seen.append(inputs["labels"].clone())
-        return real(model, inputs, *a, **k)
-
-    trainer.training_step = record
-    trainer.train()
-    return seen
+    return _train_recording(trainer, "labels")
 
 
 def test_a_seeded_collator_gives_training_the_same_masks_with_gradinit_on_and_off(tmp_path):
@@ -328,15 +332,7 @@ def test_sft_trainer_sees_the_same_batches_with_gradinit_on_and_off(tmp_path):
             model=model, args=args, processing_class=tiny_tokenizer(),
             train_dataset=datasets.Dataset.from_dict({"text": texts}), callbacks=callbacks,
         )  # fmt: skip
-        seen, real = [], trainer.training_step
-
-        def record(model, inputs, *a, **k):
-            seen.append(inputs["input_ids"].clone())
-            return real(model, inputs, *a, **k)
-
-        trainer.training_step = record
-        trainer.train()
-        return seen
+        return _train_recording(trainer, "input_ids")
 
     plain, with_gradinit = run(False), run(True)
     expected = plain[:2] + plain[:2] + plain[2:]  # each branch's 2 steps, then steps 3-4

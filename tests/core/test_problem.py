@@ -206,14 +206,20 @@ def test_objective_gradient_matches_finite_differences(inner, normalize):
         assert analytic[i].item() == pytest.approx(numeric, rel=1e-5, abs=1e-6), problem.names[i]
 
 
-@pytest.mark.parametrize("norm_type", ["l1", "l2"])
-def test_gradient_norm_gradient_matches_finite_differences(norm_type):
-    model = float64_model()
+def _norm_setup(model, norm_type):
+    """A float64 model's scaled problem at perturbed scales, a batch, its gradients (with
+    their graph) and the gradient norm's direction."""
     problem = ScaledModel(model, torch.device("cpu"))
     alpha = perturbed_alpha(problem).requires_grad_(True)
     batch = seq2seq_batch()
     _, grads = problem.gradient(alpha, batch, create_graph=True)
     direction = norm_direction([g.detach() for g in grads], norm_type)
+    return model, problem, alpha, batch, grads, direction
+
+
+@pytest.mark.parametrize("norm_type", ["l1", "l2"])
+def test_gradient_norm_gradient_matches_finite_differences(norm_type):
+    model, problem, alpha, batch, grads, direction = _norm_setup(float64_model(), norm_type)
     analytic = problem.norm_grad(alpha, grads, direction)
 
     def grad_norm(a):  # independent: plain backward through a copy of the model
@@ -250,12 +256,7 @@ def test_hessian_vector_products_from_gradients_match_double_backward(factory, n
     that the exact second derivative ignores: that is the larger error there.
     """
     torch.manual_seed(0)
-    model = float64_model(factory)
-    problem = ScaledModel(model, torch.device("cpu"))
-    alpha = perturbed_alpha(problem).requires_grad_(True)
-    batch = seq2seq_batch()
-    _, grads = problem.gradient(alpha, batch, create_graph=True)
-    direction = norm_direction([g.detach() for g in grads], norm_type)
+    _, problem, alpha, batch, grads, direction = _norm_setup(float64_model(factory), norm_type)
     exact = problem.norm_grad(alpha, grads, direction)
     _, plain = problem.gradient(alpha, batch)
     approx = problem.norm_grad_fd(alpha, direction, batch, problem.w_dot(plain))
