@@ -1,4 +1,4 @@
-"""benchmarks/compute_study.py and benchmarks/warmup_mechanism.py: the step-equivalent
+"""benchmarks/compute_study.py (its report, compute_report.py) and benchmarks/warmup_mechanism.py: the step-equivalent
 arithmetic and break-even rule checked by hand, and every figure the README and
 docs/results.md quote from them recomputed from the committed records."""
 
@@ -19,7 +19,9 @@ BENCHMARKS = ROOT / "benchmarks"
 
 @pytest.fixture(scope="module")
 def study():
-    yield load_script(BENCHMARKS / "compute_study.py", "compute_study")
+    """compute_report.py (which imports compute_study.py beside it)."""
+    yield load_script(BENCHMARKS / "compute_report.py", "compute_report")
+    sys.modules.pop("compute_report", None)
     sys.modules.pop("compute_study", None)
 
 
@@ -92,8 +94,12 @@ def _table(text: str, first_cell: str) -> list[list[str]]:
 
 @pytest.fixture(scope="module")
 def report(study, tmp_path_factory):
-    records = study.read_records(study.RECORDS)
-    return study.report(records, tmp_path_factory.mktemp("report") / "compute_study.md")
+    records = sys.modules["compute_study"].read_records(
+        BENCHMARKS / "results" / "compute_study.jsonl"
+    )
+    return study.report(
+        study.curves(records), tmp_path_factory.mktemp("report") / "compute_study.md"
+    )
 
 
 def _cells_by_method(table: list[list[str]]) -> dict[str, dict[str, str]]:
